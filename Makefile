@@ -1,0 +1,85 @@
+# LRGD companion book. Two commands on a fresh machine:
+#   make book   # venv + install + execute every notebook (papermill) + build the HTML book
+#   make test   # venv + install + execute notebooks + unit tests + nbval + ruff
+# Parameters (papermill → each notebook's `parameters` cell):
+#   PROFILE=ci|full|gpu   DEVICE=auto|cpu|cuda   MODEL=smollm2-135m|gemma3-270m|/path/to/hf-model   SEED=0
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROFILE ?= ci
+ifeq ($(CI),true)
+PROFILE := ci
+endif
+DEVICE ?= auto
+MODEL  ?= smollm2-135m
+SEED   ?= 0
+
+NB_SRC   := $(sort $(wildcard notebooks/*.py))
+NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
+LIB      := $(wildcard lrgd/*.py)
+PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p seed $(SEED)
+STAMP    := $(VENV)/.installed
+
+.PHONY: help venv notebooks book test unit nbval lint format bench clean FORCE
+
+help:
+	@sed -n '1,6p' Makefile
+
+# ---------------------------------------------------------------- environment
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)
+
+# ---------------------------------------------------------------- notebooks (papermill is the one executor)
+# Re-run a notebook when its source, the library or the parameters change.
+_build/notebooks/.params: FORCE
+	@mkdir -p $(@D)
+	@echo '$(PARAMS)' | cmp -s - $@ || echo '$(PARAMS)' > $@
+
+_build/notebooks/%.ipynb: notebooks/%.py $(LIB) _build/notebooks/.params $(STAMP)
+	@echo "== executing $< [$(PARAMS)]"
+	$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $<
+	$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $(PARAMS) \
+	  || { echo "!! $< failed; the failing cell is shown above. Partial output: $(@D)/$*.run.ipynb"; exit 1; }
+	@mv $(@D)/$*.run.ipynb $@ && rm -f $(@D)/$*.src.ipynb
+
+notebooks: $(NB_OUT)
+
+# ---------------------------------------------------------------- book
+book: notebooks
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# ---------------------------------------------------------------- tests
+unit: $(STAMP)
+	$(BIN)/pytest -q tests
+
+nbval: notebooks
+	$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	  --nbval-sanitize-with .ci/nbval-sanitize.cfg $(NB_OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint unit nbval
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf _build
