@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,6 +35,7 @@ from lrgd.errors import ModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto inside a kernel without widgets
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def load_model(
     (30, 9, 3)
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # keep notebook outputs free of timing-dependent bars
     dev = resolve_device(device)
     if dtype not in ("float32", "float64", "bfloat16", "float16"):
         raise ModelError(f"unknown dtype {dtype!r}; use float32, float64, bfloat16 or float16")

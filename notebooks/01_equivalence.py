@@ -42,7 +42,7 @@ device = "auto"  # auto | cpu | cuda
 model = "smollm2-135m"  # smollm2-135m | gemma3-270m | /path/to/a/local/hf-model
 dataset = "amazon-games"  # where the real prompts' titles come from
 seed = 0
-n_prompts = None  # real-LLM prompts for the Δo study; None = the profile's value
+n_prompts = None  # real-LLM prompts for the Δo study (None: take it from the profile)
 
 # %%
 
@@ -318,6 +318,7 @@ checks["random-feature error slope (target ≈ −0.5)"] = {
 from lrgd.data import leave_one_out, load_dataset
 from lrgd.equivalence import delta_o_study, rebuild_errors
 from lrgd.llm import forward_captured, load_model
+from lrgd.progress import progress
 from lrgd.prompts import build_prompt, user_prompt_parts
 
 lm = load_model(model, device=dev)
@@ -389,11 +390,7 @@ check(f"per-head rebuild on {info.name}, all {err.size} heads (float32, max rel.
 # comparison with random attention updates). A dual form is informative only if it beats the placebo.
 
 # %%
-studies = []
-for u in users:
-    p = make_prompt(u)
-    s = delta_o_study(lm.model, p, seed=seed)
-    studies.append(s)
+studies = [delta_o_study(lm.model, make_prompt(u), seed=seed) for u in progress(users, "Δo study")]
 fields = ["cos_linear", "cos_softmax", "cos_placebo", "cos_random", "indirect_ratio", "direct_ratio", "share"]
 stack = {f: torch.stack([getattr(s, f) for s in studies]).numpy() for f in fields}  # [prompts, L, H]
 labels = {
