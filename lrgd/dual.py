@@ -213,18 +213,20 @@ def heads_split(
     """
     n_heads, d = q.shape
     n_kv, t, _ = k.shape
-    g = n_heads // n_kv
-    qg = q.reshape(n_kv, g, d)
-    scores = torch.einsum("hgd,htd->hgt", qg, k) * scaling  # [H_kv, g, T]
-    vis = torch.ones(t, dtype=torch.bool, device=k.device)
+    qg = q.reshape(n_kv, n_heads // n_kv, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * scaling  # [H_kv, g, T]
     if window is not None and t > window:
-        vis[: t - window] = False
-    vz = (~demo & vis).expand(n_kv, g, t)
-    vd = (demo & vis).expand(n_kv, g, t)
-    vals = v[:, None]  # [H_kv, 1, T, dv] broadcasts over the g heads sharing it
-    log_z_z, out_z = _masked_softmax_parts(scores, vals, vz)
-    log_z_d, out_d = _masked_softmax_parts(scores, vals, vd)
-    eta = torch.sigmoid(log_z_d - log_z_z)[..., None]
+        scores[..., : t - window] = -math.inf
+    top = scores.amax(-1, keepdim=True)
+    e = torch.exp(scores - top)  # shifted weights; the shift cancels in every ratio
+    e_d = e * demo.to(e.dtype)
+    e_z = e - e_d
+    z_z, z_d = e_z.sum(-1), e_d.sum(-1)
+    tiny = torch.finfo(e.dtype).tiny  # an empty part gives output 0 (not 0/0)
+    out_z = torch.matmul(e_z, v) / z_z.clamp_min(tiny)[..., None]  # v [H_kv, T, dv] is shared by g heads
+    out_d = torch.matmul(e_d, v) / z_d.clamp_min(tiny)[..., None]
+    log_z_z, log_z_d = z_z.log() + top[..., 0], z_d.log() + top[..., 0]
+    eta = (z_d / (z_z + z_d))[..., None]
     out = (1 - eta) * out_z + eta * out_d
     parts = (out, out_z, out_d, log_z_z, log_z_d)
     return SoftmaxSplit(*(x.reshape(n_heads, *x.shape[2:]) for x in parts))

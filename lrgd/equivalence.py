@@ -54,15 +54,17 @@ class DeltaOStudy:
 
 
 def placebo_mask(prompt: Prompt, length: int) -> torch.Tensor:
-    """A block of ``length`` non-demonstration tokens that ends where the ``answer`` cue starts."""
+    """The ``length`` last non-demonstration tokens before the ``answer`` cue (the placebo span).
+
+    In a recommendation prompt these are the end of the history and the candidates: ordinary
+    zero-shot tokens, as many as the demonstrations have.
+    """
     end = prompt.spans["answer"][0]
-    start = max(prompt.spans["history"][0], end - length)
-    if end - start < length:
-        start = end - length
+    pool = (~prompt.demo_mask[:end]).nonzero().flatten()
+    if len(pool) < length:
+        raise ValueError(f"only {len(pool)} non-demonstration tokens before the answer, need {length} for a placebo")
     m = torch.zeros(len(prompt.input_ids), dtype=torch.bool)
-    m[start:end] = True
-    if (m & prompt.demo_mask).any():
-        raise ValueError("placebo span overlaps the demonstrations; the prompt is too short")
+    m[pool[-length:]] = True
     return m
 
 

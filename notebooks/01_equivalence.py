@@ -50,10 +50,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 
 from lrgd import dual
 from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.provenance import Provenance
+from lrgd.results import write_json
 
 cfg = get_profile(profile)
 dev = resolve_device(device)
@@ -159,8 +161,10 @@ print(f"gap at η=1: {gap[20]:.0e}; gap at η=0 (zero-shot): {gap[0]:.2f}")
 # vectors:
 #
 # $$
-# \mathrm{LA}(q) = \Big(\sum_{n\in Z} v_n (R_n k_n)^\top + \sum_{i\in D} v_i (R_{n_i} k_i)^\top\Big) R_t q,
-# \qquad (R_n k)^\top R_t q = k^\top R_{t-n}\, q .
+# \begin{aligned}
+# \mathrm{LA}(q) &= \Big(\sum_{n\in Z} v_n (R_n k_n)^\top + \sum_{i\in D} v_i (R_{n_i} k_i)^\top\Big)\, R_t q,\\
+# (R_n k)^\top R_t q &= k^\top R_{t-n}\, q .
+# \end{aligned}
 # $$ (eq-rope)
 #
 # So $\Delta W_{ICL} = \sum_{i\in D} v_i k_i^\top R_{n_i}^\top$ is a function of each demonstration's
@@ -215,9 +219,11 @@ print(
 # exactly,
 #
 # $$
-# \mathrm{Attn}(q) = \frac{Z_Z}{Z}\,\mathrm{Attn}_Z(q) + \frac{Z_D}{Z}\,\mathrm{Attn}_D(q)
-#   = \mathrm{Attn}_Z(q) + \eta\,\big(\mathrm{Attn}_D(q) - \mathrm{Attn}_Z(q)\big),
+# \begin{aligned}
+# \mathrm{Attn}(q) &= \frac{Z_Z}{Z}\,\mathrm{Attn}_Z(q) + \frac{Z_D}{Z}\,\mathrm{Attn}_D(q)\\
+#   &= \mathrm{Attn}_Z(q) + \eta\,\big(\mathrm{Attn}_D(q) - \mathrm{Attn}_Z(q)\big),
 #   \qquad \eta = \frac{Z_D}{Z}.
+# \end{aligned}
 # $$ (eq-softmax-split)
 #
 # Read as optimisation: the zero-shot output $\mathrm{Attn}_Z$ takes one gradient step on
@@ -249,8 +255,10 @@ print(f"demonstration share η over trials: {min(etas_seen):.2f} … {max(etas_s
 # and, with keys and query pre-scaled by $d^{-1/4}$,
 #
 # $$
-# \mathrm{Attn}(q) \approx \frac{\big(W^\varphi_{ZSL} + \Delta W^\varphi\big)\varphi(q)}{(z_Z + z_D)^\top\varphi(q)},\quad
-# \Delta W^\varphi = \sum_{i\in D} v_i\,\varphi(k_i)^\top,\quad z_D = \sum_{i\in D}\varphi(k_i).
+# \begin{aligned}
+# \mathrm{Attn}(q) &\approx \frac{\big(W^\varphi_{ZSL} + \Delta W^\varphi\big)\varphi(q)}{(z_Z + z_D)^\top\varphi(q)},\\
+# \Delta W^\varphi &= \sum_{i\in D} v_i\,\varphi(k_i)^\top,\qquad z_D = \sum_{i\in D}\varphi(k_i).
+# \end{aligned}
 # $$ (eq-kernel-dual)
 #
 # $\Delta W^\varphi$ is again one gradient step of a linear model — now in feature space. The price is a
@@ -285,7 +293,7 @@ ax.set(
 )
 ax.legend(fontsize=8)
 plt.show()
-print(rf.round(4).to_string())
+display(rf.round(4))
 for c, s in slopes.items():
     print(f"log-log slope, {c}: {s:.2f}")
 checks["random-feature error slope (target ≈ −0.5)"] = {
@@ -302,8 +310,10 @@ checks["random-feature error slope (target ≈ −0.5)"] = {
 # values (already rotated by RoPE), for every head $h$:
 #
 # $$
-# o^{(\ell,h)}(q) = \mathrm{Attn}^{(\ell,h)}_Z(q) + \eta^{(\ell,h)}\big(\mathrm{Attn}^{(\ell,h)}_D(q) - \mathrm{Attn}^{(\ell,h)}_Z(q)\big),
-# \quad \eta^{(\ell,h)} = Z^{(\ell,h)}_D / Z^{(\ell,h)} .
+# \begin{aligned}
+# o^{(\ell,h)}(q) &= \mathrm{Attn}^{(\ell,h)}_Z(q) + \eta^{(\ell,h)}\big(\mathrm{Attn}^{(\ell,h)}_D(q) - \mathrm{Attn}^{(\ell,h)}_Z(q)\big),\\
+# \eta^{(\ell,h)} &= Z^{(\ell,h)}_D / Z^{(\ell,h)} .
+# \end{aligned}
 # $$ (eq-layer)
 #
 # Layers interact: the keys and values of layer $\ell$ depend on what layers $< \ell$ did with the
@@ -360,13 +370,10 @@ ax[1].set(xlabel="layer", ylabel="η = Z_D / Z", title="demonstrations' share of
 ax[1].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-table = pd.DataFrame({"max rel. error": err.max(1), "mean η": share.mean(1), "max η": share.max(1)})
+table = pd.DataFrame(err, columns=[f"h{h}" for h in range(err.shape[1])]).map("{:.1e}".format)
+table["η mean"] = share.mean(1).round(3)
 table.index.name = "layer"
-print(
-    table.iloc[:: max(1, len(table) // 10)].to_string(
-        formatters={"max rel. error": "{:.0e}".format, "mean η": "{:.3f}".format, "max η": "{:.3f}".format}
-    )
-)
+display(table)  # relative rebuild error per layer × head, and the demonstrations' mean share
 check(f"per-head rebuild on {info.name}, all {err.size} heads (float32, max rel. error)", err.max(), 1e-5)
 
 # %% [markdown]
@@ -429,7 +436,7 @@ summary = pd.DataFrame(
     {lab: dict(zip(["mean", "CI low", "CI high"], mean_ci(stack[f]))) for f, lab in labels.items()}
 ).T
 summary.loc["‖indirect‖ / ‖Δo‖ (layers ≥ 1)"] = mean_ci(stack["indirect_ratio"][:, 1:])
-print(summary.round(2).to_string())
+display(summary.round(2))
 print(
     f"layer 0: indirect part max {stack['indirect_ratio'][:, 0].max():.0e} (no earlier layer), cos(softmax-aware) min {stack['cos_softmax'][:, 0].min():.4f}"
 )
@@ -449,7 +456,12 @@ print(f"max rebuild error over all prompts: {max(s.rebuild_error.max().item() fo
 
 # %%
 summary_checks = pd.DataFrame(checks).T[["value", "threshold", "passed"]]
-print(summary_checks.to_string(formatters={"value": "{:.1e}".format, "threshold": "{:.0e}".format}))
+display(
+    summary_checks.assign(
+        value=summary_checks["value"].map("{:.1e}".format),
+        threshold=summary_checks["threshold"].map("{:.0e}".format),
+    )
+)
 assert summary_checks["passed"].all(), "a verification failed; see the table above"
 result = {
     "checks": checks,
@@ -458,8 +470,6 @@ result = {
     "users": users,
     "provenance": prov.finish().as_dict(),
 }
-from lrgd.results import write_json
-
 out = write_json(results_dir(cfg.name) / "01_equivalence.json", result)
 print("results written to", out.relative_to(out.parents[2]))
 

@@ -1,0 +1,92 @@
+"""Configuration, model loading errors, provenance and atomic result files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lrgd.config import find_dataset_dir, get_profile, resolve_device
+from lrgd.errors import ConfigError, DataError, ModelError
+from lrgd.llm import MODELS, load_model, model_folder
+from lrgd.provenance import Provenance, git_commit
+from lrgd.results import write_json
+
+
+def test_profiles():
+    assert get_profile("ci").name == "ci"
+    assert get_profile("full").n_prompts > get_profile("ci").n_prompts
+    with pytest.raises(ConfigError, match="unknown profile 'fast'.*ci, full, gpu"):
+        get_profile("fast")
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("LRGD_PROFILE", "full")
+    assert get_profile().name == "full"
+
+
+def test_devices():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_dataset_search_order(tmp_path, monkeypatch):
+    (tmp_path / "toy").mkdir()
+    monkeypatch.setenv("LRGD_DATA_DIR", str(tmp_path))
+    assert find_dataset_dir("toy") == tmp_path / "toy"
+    with pytest.raises(DataError, match=r"dataset 'nope' not found(.|\n)*LRGD_DATA_DIR"):
+        find_dataset_dir("nope")
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ModelError, match="unknown model 'gpt-5'.*smollm2-135m, gemma3-270m"):
+        model_folder("gpt-5")
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        model_folder(str(tmp_path))
+
+
+def test_bad_dtype(tmp_path):
+    with pytest.raises(ModelError, match="unknown dtype 'int8'"):
+        load_model("smollm2-135m", device="cpu", dtype="int8")
+
+
+def test_known_models_are_packaged():
+    assert set(MODELS) == {"smollm2-135m", "gemma3-270m"}
+
+
+@pytest.mark.llm
+def test_smollm2_loads_from_cache_quickly(smollm2):
+    import time
+
+    t0 = time.perf_counter()
+    lm = load_model("smollm2-135m", device="cpu")
+    assert time.perf_counter() - t0 < 30  # a generous bound: a cache miss would re-convert the GGUF
+    assert len(lm.info.sha256) == 64
+    assert lm.info.chat
+    assert (model_folder("smollm2-135m") / "config.json").is_file()
+
+
+def test_provenance_box():
+    p = Provenance(profile="ci", device="cpu", seed=3, dataset="amazon-games")
+    p.set_model("m", "m.gguf", "ab" * 32)
+    html = p.finish()._repr_html_()
+    assert "m.gguf" in html and "ab" * 32 in html and "amazon-games" in html
+    assert p.wall_s is not None and p.wall_s >= 0
+    assert "torch" in p.versions and "transformers" in p.versions
+    assert p.as_dict()["seed"] == 3
+    c = git_commit()
+    assert c == "unknown" or len(c.split("+")[0]) == 12
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = write_json(tmp_path / "r.json", {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "r.json", {"a": float("nan")})  # refused mid-write → old file untouched
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
