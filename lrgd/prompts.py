@@ -97,7 +97,8 @@ def build_prompt(
         text, offset = content, 0
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not chat)
     ids = torch.tensor(enc["input_ids"])
-    starts = torch.tensor([a for a, _ in enc["offset_mapping"]])
+    # special tokens (BOS, …) have empty character ranges and belong to no part
+    starts = torch.tensor([a if b > a else -1 for a, b in enc["offset_mapping"]])
     spans, pos = {}, offset
     for name, piece in parts:
         inside = ((starts >= pos) & (starts < pos + len(piece))).nonzero().flatten()
