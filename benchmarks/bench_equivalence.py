@@ -59,7 +59,7 @@ def main() -> None:
     t_fwd = best_of(forward, args.repeats)
     t_reb = best_of(rebuild, args.repeats * 5)
     n = lm.info.n_layers * lm.info.n_heads
-    print(f"model {lm.info.name}, prompt {len(prompt.input_ids)} tokens, torch threads {torch.get_num_threads()}")
+    print(f"model {lm.info.name}, prompt {len(prompt.input_ids)} tokens, threads {torch.get_num_threads()}")
     print(f"forward pass:             {t_fwd * 1e3:8.2f} ms")
     print(f"rebuild {n} heads (fp32): {t_reb * 1e3:8.2f} ms")
     print(f"rebuild vs forward: {t_fwd / t_reb:.0f}x")

@@ -62,7 +62,9 @@ def placebo_mask(prompt: Prompt, length: int) -> torch.Tensor:
     end = prompt.spans["answer"][0]
     pool = (~prompt.demo_mask[:end]).nonzero().flatten()
     if len(pool) < length:
-        raise ValueError(f"only {len(pool)} non-demonstration tokens before the answer, need {length} for a placebo")
+        raise ValueError(
+            f"only {len(pool)} non-demonstration tokens before the answer, need {length} for a placebo"
+        )
     m = torch.zeros(len(prompt.input_ids), dtype=torch.bool)
     m[pool[-length:]] = True
     return m

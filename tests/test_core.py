@@ -16,7 +16,7 @@ from lrgd.results import write_json
 def test_profiles():
     assert get_profile("ci").name == "ci"
     assert get_profile("full").n_prompts > get_profile("ci").n_prompts
-    with pytest.raises(ConfigError, match="unknown profile 'fast'.*ci, full, gpu"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*ci, full, gpu"):
         get_profile("fast")
 
 
@@ -41,12 +41,12 @@ def test_dataset_search_order(tmp_path, monkeypatch):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ModelError, match="unknown model 'gpt-5'.*smollm2-135m, gemma3-270m"):
+    with pytest.raises(ModelError, match=r"unknown model 'gpt-5'.*smollm2-135m, gemma3-270m"):
         model_folder("gpt-5")
 
 
 def test_folder_without_config_is_refused(tmp_path):
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         model_folder(str(tmp_path))
 
 

@@ -90,7 +90,10 @@ def test_rope_dual_equivalence_and_relative_positions(seed):
     q, k, v, demo = _head(50, 16, 8, seed)
     pos = torch.arange(50)
     kr, qr = dual.rope(k, pos), dual.rope(q[None], torch.tensor([50]))[0]
-    assert dual.relative_error(dual.linear_dual(kr, v, demo)(qr), dual.linear_attention(qr, kr, v)).item() <= 1e-10
+    assert (
+        dual.relative_error(dual.linear_dual(kr, v, demo)(qr), dual.linear_attention(qr, kr, v)).item()
+        <= 1e-10
+    )
     # (R_m k)ᵀ (R_n q) depends only on n − m
     shifted = dual.rope(k, pos + 17) @ dual.rope(q[None], torch.tensor([67]))[0]
     assert torch.allclose(shifted, kr @ qr, rtol=0, atol=1e-10)
@@ -132,7 +135,9 @@ def test_heads_split_groups_kv_heads_like_per_head_split():
         one = dual.softmax_split(q[h], k[h // 3], v[h // 3], demo, scaling=0.3)
         assert torch.allclose(sp.out[h], one.out, atol=1e-14)
         assert torch.allclose(sp.share[h], one.share, atol=1e-14)
-        assert torch.allclose(lin[h], dual.linear_dual(k[h // 3], v[h // 3], demo).delta_w_icl @ q[h], atol=1e-13)
+        assert torch.allclose(
+            lin[h], dual.linear_dual(k[h // 3], v[h // 3], demo).delta_w_icl @ q[h], atol=1e-13
+        )
 
 
 def test_sliding_window_hides_old_keys():
@@ -151,7 +156,9 @@ def test_kernel_dual_error_falls_with_features():
         e = []
         for r in range(6):
             w = dual.draw_features(m, 16, torch.Generator().manual_seed(r + 10 * m))
-            e.append(dual.relative_error(dual.kernel_dual(k, v, demo, w)(dual.query_features(q, w)), exact).item())
+            e.append(
+                dual.relative_error(dual.kernel_dual(k, v, demo, w)(dual.query_features(q, w)), exact).item()
+            )
         errs.append(sum(x * x for x in e) / len(e))
     # 256x more features: mean squared error should fall by far more than 10x (≈ 256x in expectation)
     assert errs[1] < errs[0] / 10
@@ -162,7 +169,13 @@ def test_kernel_dual_error_falls_with_features():
 
 def _tiny_prompt(n: int = 40) -> Prompt:
     ids = torch.arange(3, 3 + n) % 97
-    spans = {"instruction": (0, 8), "demo0": (8, 16), "demo1": (16, 22), "history": (22, n - 2), "answer": (n - 2, n)}
+    spans = {
+        "instruction": (0, 8),
+        "demo0": (8, 16),
+        "demo1": (16, 22),
+        "history": (22, n - 2),
+        "answer": (n - 2, n),
+    }
     return Prompt("", ids, spans)
 
 
@@ -216,7 +229,11 @@ def test_flagship_rebuild_on_smollm2(smollm2):
     info = smollm2.info
     assert (info.n_layers, info.n_heads, info.n_kv_heads, info.head_dim) == (30, 9, 3, 64)
     t = len(p.input_ids)
-    assert layers[0].q.shape == (9, t, 64) and layers[0].k.shape == (3, t, 64) and layers[0].out.shape == (t, 9, 64)
+    assert (
+        layers[0].q.shape == (9, t, 64)
+        and layers[0].k.shape == (3, t, 64)
+        and layers[0].out.shape == (t, 9, 64)
+    )
     rb = rebuild_errors(layers, p.demo_mask)
     assert rb["error"].shape == (30, 9)
     assert rb["error"].max().item() <= 1e-5
