@@ -215,11 +215,14 @@ class Captured:
     out: torch.Tensor
     scaling: float
     sliding_window: int | None = None
+    #: with ``keep_graph``: the live output [1, T, H, d]; after ``backward`` its ``.grad`` is ∂L/∂out
+    live_out: torch.Tensor | None = None
 
 
 @dataclass
 class _Recorder:
     layers: dict[int, Captured] = field(default_factory=dict)
+    keep_graph: bool = False
 
 
 _ACTIVE: list[_Recorder] = []
@@ -235,6 +238,10 @@ def _capture_forward(module, query, key, value, attention_mask, scaling=None, dr
     )
     if _ACTIVE:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        live = None
+        if _ACTIVE[-1].keep_graph and out.requires_grad:
+            out.retain_grad()
+            live = out
         _ACTIVE[-1].layers[module.layer_idx] = Captured(
             q=query[0].detach().clone(),
             k=key[0].detach().clone(),
@@ -242,6 +249,7 @@ def _capture_forward(module, query, key, value, attention_mask, scaling=None, dr
             out=out[0].detach().clone(),
             scaling=float(scale),
             sliding_window=kwargs.get("sliding_window") or getattr(module, "sliding_window", None),
+            live_out=live,
         )
     return out, weights
 
@@ -257,8 +265,11 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def capture_attention(model: torch.nn.Module) -> Iterator[dict[int, Captured]]:
+def capture_attention(model: torch.nn.Module, keep_graph: bool = False) -> Iterator[dict[int, Captured]]:
     """Within the block, every forward of ``model`` records each layer's q/k/v/output.
+
+    With ``keep_graph`` each layer's live output is kept (``Captured.live_out``) so that a later
+    ``backward`` leaves ∂L/∂out in ``live_out.grad``.
 
     >>> with capture_attention(lm.model) as layers:  # doctest: +SKIP
     ...     lm.model(ids)
@@ -266,7 +277,7 @@ def capture_attention(model: torch.nn.Module) -> Iterator[dict[int, Captured]]:
     """
     _register()
     previous = model.config._attn_implementation
-    rec = _Recorder()
+    rec = _Recorder(keep_graph=keep_graph)
     model.set_attn_implementation(_CAPTURE_NAME)
     _ACTIVE.append(rec)
     try:
@@ -276,10 +287,10 @@ def capture_attention(model: torch.nn.Module) -> Iterator[dict[int, Captured]]:
         model.set_attn_implementation(previous)
 
 
-def forward_captured(
+def model_inputs(
     model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
-) -> dict[int, Captured]:
-    """Run one forward pass of a single sequence and return every layer's captured tensors.
+) -> dict:
+    """Keyword arguments for one forward pass of a single sequence.
 
     With ``position_ids`` (e.g. with a gap where a span was removed) an all-ones attention
     mask is passed, otherwise transformers would treat the gap as packed sequences.
@@ -291,8 +302,15 @@ def forward_captured(
     if position_ids is not None:
         kwargs["position_ids"] = position_ids.reshape(1, -1).to(dev)
         kwargs["attention_mask"] = torch.ones_like(kwargs["input_ids"])
+    return kwargs
+
+
+def forward_captured(
+    model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> dict[int, Captured]:
+    """Run one forward pass of a single sequence and return every layer's captured tensors."""
     with torch.no_grad(), capture_attention(model) as layers:
-        model(**kwargs)
+        model(**model_inputs(model, input_ids, position_ids))
     return dict(layers)
 
 

@@ -1,0 +1,222 @@
+"""Effect_D: how much a demonstration moves the model toward a user's true next item.
+
+The paper defines Effect_D as how much a demonstration speeds up the dual model's convergence toward
+the user's true preference; its formula is not available to us. This is **our reconstruction**, from
+the per-layer dual of chapter 1 (Eq. ``eq-layer``):
+
+Inserting demonstration D changes every attention head's output at every later position p by the
+dual model's step  Δo_D = η (o_D − o_Z),  η = Z_D / (Z_Z + Z_D)  (the *direct* change, holding that
+layer's inputs fixed). To first order, the user's loss L_u (negative log-likelihood of the true
+item's title after the zero-shot prompt) then changes by
+
+    ΔL_u ≈ Σ_layers Σ_heads Σ_p ⟨Δo_D(q_{u,p}), ∂L_u/∂o_p⟩,                       (effect)
+
+because ∂L_u/∂o_p is the *total* derivative: it carries each layer's direct change through every
+later layer. Effect_D(D, u) = −ΔL_u (positive: D helps u). With ``rate="derivative"`` η becomes
+Z_D/Z_Z, and the formula is exactly −dL_u/dα at α = 0 when D's attention weights are scaled by α
+(tested against finite differences).
+
+Cost: one forward pass per demonstration (its keys/values at its slot) plus one forward and one
+backward per user, then tensor products — O(M + N) passes for M demonstrations × N users, against
+M × N passes for the true gain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lrgd.errors import ConfigError, ModelError
+from lrgd.llm import capture_attention
+
+POSITIONS = ("all", "target", "end")
+FORMS = ("softmax", "linear")
+RATES = ("secant", "derivative")
+
+
+@dataclass(frozen=True)
+class SlotPrompt:
+    """A user's zero-shot prompt with a reserved slot of ``slot`` positions for one demonstration.
+
+    Layout (token ids): ``prefix`` (template start + instruction) · [slot] · ``rest`` (history,
+    candidates, answer cue, template end) · ``target`` (the true item's title). A demonstration is
+    placed right-aligned in the slot; without one, the slot is an empty gap in the positions, so the
+    user's tokens keep the same positions in both runs.
+    """
+
+    prefix: torch.Tensor
+    rest: torch.Tensor
+    target: torch.Tensor
+    slot: int
+
+    def layout(self, demo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(ids, positions, index where ``rest`` starts) of the sequence with ``demo`` in the slot."""
+        n_p, n_d = len(self.prefix), 0 if demo is None else len(demo)
+        if n_d > self.slot:
+            raise ModelError(f"demonstration of {n_d} tokens exceeds the slot of {self.slot}; raise slot")
+        after = n_p + self.slot
+        tail = torch.cat([self.rest, self.target])
+        ids = [self.prefix] + ([demo] if n_d else []) + [tail]
+        pos = [torch.arange(n_p)] + ([torch.arange(after - n_d, after)] if n_d else [])
+        pos.append(torch.arange(after, after + len(tail)))
+        return torch.cat(ids), torch.cat(pos), n_p + n_d
+
+
+def _positions_index(start: int, n_rest: int, n_target: int, which: str) -> torch.Tensor:
+    """Sequence indices whose attention outputs enter the Effect_D sum (see :data:`POSITIONS`)."""
+    last_prompt = start + n_rest - 1
+    end = start + n_rest + n_target - 1  # the last target token's output predicts nothing in L_u
+    if which == "all":
+        return torch.arange(start, end)
+    if which == "target":
+        return torch.arange(last_prompt, end)
+    if which == "end":
+        return torch.tensor([last_prompt])
+    raise ConfigError(f"unknown positions {which!r}; choose one of {', '.join(POSITIONS)}")
+
+
+def _forward_kwargs(model, ids, pos, mask=None):
+    dev = next(model.parameters()).device
+    kw = {"input_ids": ids[None].to(dev), "position_ids": pos[None].to(dev), "use_cache": False}
+    kw["attention_mask"] = torch.ones_like(kw["input_ids"]) if mask is None else mask.to(dev)
+    return kw
+
+
+def target_nll(logits: torch.Tensor, ids: torch.Tensor, n_target: int) -> torch.Tensor:
+    """−Σ log p(target tokens) for a [T, V] logit matrix whose sequence ends with the target."""
+    logp = torch.log_softmax(logits[-n_target - 1 : -1].double(), dim=-1)
+    return -logp.gather(1, ids[-n_target:, None].to(logp.device)).sum()
+
+
+@dataclass
+class DemoState:
+    """A demonstration's per-layer keys and values at its slot: ``k[l]``, ``v[l]`` [H_kv, n, d]."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+@dataclass
+class UserState:
+    """One zero-shot forward + backward for a user: what Effect_D needs at the chosen positions.
+
+    Per layer: ``q`` [H, P, d], ``out`` [H, P, d] (= Attn_Z), ``grad`` [H, P, d] (∂L_u/∂out) and
+    ``log_z`` [H, P] (log Z_Z); ``scaling`` per layer; ``loss`` = L_u.
+    """
+
+    q: list[torch.Tensor]
+    out: list[torch.Tensor]
+    grad: list[torch.Tensor]
+    log_z: list[torch.Tensor]
+    scaling: list[float]
+    loss: float
+
+
+@torch.no_grad()
+def demo_state(model, sp: SlotPrompt, demo: torch.Tensor, at_slot: bool = True) -> DemoState:
+    """Keys/values of ``demo`` as the model computes them after ``sp.prefix``, at its slot (one pass).
+
+    ``at_slot=False`` is the "no RoPE positioning" ablation: D is encoded alone at positions 0..n−1.
+    """
+    if at_slot:
+        ids, pos, start = sp.layout(demo)
+        ids, pos = ids[:start], pos[:start]
+        first = len(sp.prefix)
+    else:
+        ids, pos, first = demo, torch.arange(len(demo)), 0
+    with capture_attention(model) as layers:
+        model(**_forward_kwargs(model, ids, pos))
+    order = sorted(layers)
+    return DemoState([layers[i].k[:, first:] for i in order], [layers[i].v[:, first:] for i in order])
+
+
+def user_state(model, sp: SlotPrompt, positions: str = "all", dtype=torch.float64) -> UserState:
+    """Zero-shot forward and backward of L_u for ``sp`` (one forward + one backward pass)."""
+    ids, pos, start = sp.layout(None)
+    index = _positions_index(start, len(sp.rest), len(sp.target), positions)
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        kw = _forward_kwargs(model, ids, pos)
+        embeds = model.get_input_embeddings()(kw.pop("input_ids")).detach().requires_grad_(True)
+        with torch.enable_grad(), capture_attention(model, keep_graph=True) as layers:
+            logits = model(inputs_embeds=embeds, **kw).logits[0]
+            loss = target_nll(logits, ids, len(sp.target))
+            loss.backward()
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    qs, outs, grads, log_zs, scal = [], [], [], [], []
+    for li in sorted(layers):
+        cap = layers[li]
+        h = cap.q.shape[0]
+        g = h // cap.k.shape[0]
+        q = cap.q[:, index].to(dtype)  # [H, P, d]
+        k = cap.k.to(dtype).repeat_interleave(g, dim=0)  # [H, T, d] (small: one user)
+        s = torch.einsum("hpd,htd->hpt", q, k) * cap.scaling
+        causal = torch.arange(k.shape[1])[None, :] <= index[:, None]
+        if cap.sliding_window is not None:
+            causal &= torch.arange(k.shape[1])[None, :] > index[:, None] - cap.sliding_window
+        log_zs.append(torch.logsumexp(s.masked_fill(~causal, -math.inf), dim=-1))
+        qs.append(q)
+        outs.append(cap.out[index].transpose(0, 1).to(dtype))
+        grads.append(cap.live_out.grad[0, index].transpose(0, 1).to(dtype))
+        scal.append(cap.scaling)
+    return UserState(qs, outs, grads, log_zs, scal, float(loss.detach()))
+
+
+def effect_d(
+    ds: DemoState,
+    us: UserState,
+    form: str = "softmax",
+    rate: str = "secant",
+    layers: list[int] | None = None,
+) -> float:
+    """Effect_D(D, u) = −Σ_l Σ_h Σ_p ⟨Δo_D, ∂L_u/∂o⟩, Eq. (effect) of the module docstring.
+
+    ``form="linear"``: Δo = ΔW_ICL q (the softmax-free dual, an ablation); ``rate``: η = Z_D/Z
+    (``secant``) or Z_D/Z_Z (``derivative``); ``layers``: restrict the sum (e.g. early layers only).
+    """
+    if form not in FORMS:
+        raise ConfigError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    if rate not in RATES:
+        raise ConfigError(f"unknown rate {rate!r}; choose one of {', '.join(RATES)}")
+    total = 0.0
+    for li in range(len(us.q)) if layers is None else layers:
+        q, grad = us.q[li], us.grad[li]
+        h, p, d = q.shape
+        kd, vd = ds.k[li].to(q.dtype), ds.v[li].to(q.dtype)
+        n_kv = kd.shape[0]
+        qg = q.reshape(n_kv, h // n_kv, p, d)
+        s = torch.matmul(qg, kd[:, None].transpose(-1, -2)) * us.scaling[li]  # [H_kv, g, P, n]
+        if form == "linear":
+            delta = torch.matmul(s, vd[:, None])  # Σ_i v_i (k_iᵀ q) · scaling
+        else:
+            log_zd = torch.logsumexp(s, dim=-1)
+            o_d = torch.matmul(torch.softmax(s, dim=-1), vd[:, None])
+            lz = us.log_z[li].reshape(n_kv, h // n_kv, p)
+            eta = torch.sigmoid(log_zd - lz) if rate == "secant" else torch.exp(log_zd - lz)
+            delta = eta[..., None] * (o_d - us.out[li].reshape(n_kv, h // n_kv, p, d))
+        total -= float((delta.reshape(h, p, d) * grad).sum())
+    return total
+
+
+@torch.no_grad()
+def loss_with_demo(model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: float = 1.0) -> float:
+    """L_u with ``demo`` in the slot (one forward pass): the true gain is L_u(None) − L_u(demo).
+
+    ``alpha`` scales the attention weights that every later token gives to the demonstration
+    (an additive log α on those scores); α = 0 hides it, α = 1 is the plain prompt.
+    """
+    ids, pos, start = sp.layout(demo)
+    mask = None
+    if demo is not None and alpha != 1.0:
+        dtype = next(model.parameters()).dtype
+        t = len(ids)
+        m = torch.full((t, t), -math.inf, dtype=dtype).triu(1)
+        m[start:, start - len(demo) : start] += math.log(alpha) if alpha > 0 else -math.inf
+        mask = m[None, None]
+    logits = model(**_forward_kwargs(model, ids, pos, mask)).logits[0]
+    return float(target_nll(logits, ids, len(sp.target)))
