@@ -220,3 +220,44 @@ def loss_with_demo(model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: floa
         mask = m[None, None]
     logits = model(**_forward_kwargs(model, ids, pos, mask)).logits[0]
     return float(target_nll(logits, ids, len(sp.target)))
+
+
+_SLOT = "\u241f"  # a sentinel character marking the demonstration slot inside the rendered prompt
+
+
+def slot_prompt(
+    tokenizer,
+    parts: list[tuple[str, str]],
+    target_title: str,
+    chat: bool,
+    slot: int,
+) -> SlotPrompt:
+    """Tokenise zero-shot prompt pieces (from :func:`lrgd.prompts.prompt_parts` with no demonstrations)
+    around an empty slot placed right after the instruction.
+
+    Pieces are tokenised separately (prefix, rest, target), exactly as :func:`demo_tokens` tokenises a
+    demonstration, so the with-D sequence is the concatenation the true gain is measured on.
+    """
+    names = [n for n, _ in parts]
+    if names[0] != "instruction" or any(n.startswith("demo") for n in names):
+        raise ModelError("slot_prompt needs zero-shot parts that start with the instruction")
+    content = parts[0][1] + _SLOT + "".join(t for _, t in parts[1:])
+    if chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = content
+    head, tail = text.split(_SLOT)
+    prefix = tokenizer(head, add_special_tokens=not chat)["input_ids"]
+    rest = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    target = tokenizer(target_title if chat else " " + target_title, add_special_tokens=False)["input_ids"]
+    if not target:
+        raise ModelError(f"target title {target_title!r} tokenises to nothing")
+    return SlotPrompt(torch.tensor(prefix), torch.tensor(rest), torch.tensor(target), slot)
+
+
+def demo_tokens(tokenizer, history: tuple[str, ...] | list[str], next_item: str) -> torch.Tensor:
+    """Token ids of one demonstration as it appears in the slot (same text as in :mod:`lrgd.prompts`)."""
+    text = f"Example 1. Bought: {'; '.join(history)}.\nNext: {next_item}\n\n"
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
