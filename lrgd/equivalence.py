@@ -70,18 +70,24 @@ def placebo_mask(prompt: Prompt, length: int) -> torch.Tensor:
     return m
 
 
-def delta_o_study(model: torch.nn.Module, prompt: Prompt, seed: int = 0) -> DeltaOStudy:
+def delta_o_study(
+    model: torch.nn.Module, prompt: Prompt, seed: int = 0, placebo: torch.Tensor | None = None
+) -> DeltaOStudy:
     """Run the prompt with and without its demonstrations (positions kept) and compare Δo with the duals.
 
     Δo = o_with − o_without at the final position, per layer and head. It splits exactly into an
     *indirect* part o_Z(with) − o(without) (Z's keys/values changed because earlier layers saw D) and
-    the *direct* softmax-aware step η (o_D − o_Z).
+    the *direct* softmax-aware step η (o_D − o_Z). ``placebo`` (a boolean [T] mask of
+    non-demonstration tokens) defaults to :func:`placebo_mask`.
     """
     demo = prompt.demo_mask
     with_layers = forward_captured(model, prompt.input_ids)
     ids, pos_ids = drop_span(prompt, demo)
     without_layers = forward_captured(model, ids, position_ids=pos_ids)
-    placebo = placebo_mask(prompt, int(demo.sum()))
+    if placebo is None:
+        placebo = placebo_mask(prompt, int(demo.sum()))
+    elif (placebo & demo).any():
+        raise ValueError("the placebo span must not contain demonstration tokens")
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in DeltaOStudy.__dataclass_fields__}
     dec_err, dec_scale = 0.0, 0.0

@@ -6,9 +6,14 @@ Generative model (our design, written for this book):
 * taste *groups* ``g`` with preference vectors ``u_g``. Groups come in *clusters* whose members share
   a centre: ``u_g = c_{cluster(g)} + spread · δ_g``. A short history tells the cluster, not the group;
 * a user of group ``g`` has ``u = u_g + user_noise · ε`` and, with drift, ``u(t) = u + drift · t · a_g``;
-* each item of a sequence is drawn i.i.d. given the time step ``t``:
+* the items of a sequence are drawn independently given the time step ``t``. A *next* item (a
+  demonstration's answer, the query's target) follows the user's own taste, a *history* item a taste
+  pulled towards the cluster centre ``c``, ``u_hist = c + s (u − c)`` with s = ``history_specificity``:
 
   p(i | u, t) = softmax_i( v_iᵀ u(t) / τ + b_i ).                                   (B1)
+
+  So a short history tells the cluster and only a little about the group; demonstrations from the same
+  group show the group's next items — they are worth reading.
 
 A *prompt* is ``k`` demonstrations (another user's history → next item), then the query user's
 history; the model must rank a candidate set (the target plus uniform negatives) for the query's next
@@ -21,7 +26,8 @@ Bayes ceilings (exact when ``user_noise == 0``; otherwise group-level approximat
 * *oracle*: rank by p(i | true u, t) — the best any method can do;
 * *observed-token Bayes*: p(i | tokens) = Σ_g p(g | tokens) p(i | g, t) with
 
-  p(g | tokens) ∝ p(history | g) Π_j [p_s p(d_j | g) + p_o mean_{g'≠g} p(d_j | g') + p_c n_items^{-|d_j|}]. (B2)
+  p(g | tokens) ∝ p(history | g)
+                  · Π_j [p_s p(d_j | g) + p_o mean_{g'≠g} p(d_j | g') + p_c n_items^{-|d_j|}].     (B2)
 
   Ranking candidates by it maximises expected HR@K and NDCG@K given the tokens, because negatives are
   uniform (so p(target = c | candidate set) ∝ p(c | tokens)) and the NDCG gain falls with rank.
@@ -122,7 +128,9 @@ def world_config(profile: str | None = None, **overrides) -> WorldConfig:
     cfg = WORLD_PRESETS[get_profile(profile).name]
     bad = set(overrides) - set(WorldConfig.__dataclass_fields__)
     if bad:
-        raise ConfigError(f"unknown world option(s) {sorted(bad)}; valid: {sorted(WorldConfig.__dataclass_fields__)}")
+        raise ConfigError(
+            f"unknown world option(s) {sorted(bad)}; valid: {sorted(WorldConfig.__dataclass_fields__)}"
+        )
     return replace(cfg, **overrides).validate()
 
 
@@ -157,6 +165,10 @@ class Demos:
     @property
     def k(self) -> int:
         return self.kind.shape[1]
+
+    def first(self, k: int) -> Demos:
+        """The first ``k`` demonstrations of every prompt (nested prompts for sweeps over k)."""
+        return Demos(self.kind[:, :k], self.group[:, :k], self.history[:, :k], self.next_item[:, :k], self.t0)
 
     def items(self) -> np.ndarray:
         """History and next item together: [n, k, Ld + 1]."""
@@ -390,6 +402,7 @@ class RecWorld:
         others = np.where(eye, -np.inf, ll[..., None, :])  # [n, k, G(query), G(demo)]
         ll_other = _logsumexp(others, -1) - math.log(G - 1)
         ll_unif = -items.shape[-1] * math.log(cfg.n_items)
+
         def log(p: float) -> float:
             return math.log(p) if p > 0 else -math.inf
 
@@ -469,3 +482,28 @@ def bootstrap_ci(
     boot = v[idx].mean(1)
     a = (1 - level) / 2
     return float(v.mean()), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+
+
+def icl_sweep(
+    world: RecWorld,
+    queries: Queries,
+    scorers: dict,
+    ks: tuple[int, ...],
+    kinds: tuple[str, ...] = KINDS,
+    seed: int = 0,
+    top_k: int = 10,
+) -> list[dict]:
+    """Score the same queries with nested demonstrations (the first k of k_max) of each kind.
+
+    ``scorers`` maps a name to ``f(PromptBatch) → scores [n, C]``. Returns one row per
+    (scorer, kind, k) with per-prompt ``HR@top_k`` and ``NDCG@top_k`` arrays (paired across rows).
+    """
+    rows = []
+    k_max = max(ks)
+    for ki, kind in enumerate(kinds):
+        demos = world.sample_demos(queries.group, kind, k_max, np.random.default_rng([seed, ki, 99]))
+        for k in ks:
+            batch = PromptBatch(queries, demos.first(k))
+            for name, fn in scorers.items():
+                rows.append({"scorer": name, "kind": kind, "k": k, **ranking_metrics(fn(batch), top_k)})
+    return rows

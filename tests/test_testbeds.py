@@ -1,0 +1,285 @@
+"""Tests of the chapter-1b testbeds: lrgd.icl_regression (A), lrgd.recworld and lrgd.tiny_decoder (B)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from lrgd import icl_regression as icl
+from lrgd import recworld as rw
+from lrgd import tiny_decoder as td
+from lrgd.errors import ConfigError
+
+# ----------------------------------------------------------------------------- testbed A
+
+
+def test_task_shapes_and_determinism():
+    a = icl.sample_tasks(7, 5, 3, torch.Generator().manual_seed(1))
+    b = icl.sample_tasks(7, 5, 3, torch.Generator().manual_seed(1))
+    assert a.x.shape == (7, 5, 3) and a.y.shape == (7, 5) and a.xq.shape == (7, 3) and a.yq.shape == (7,)
+    assert torch.equal(a.x, b.x) and torch.equal(a.yq, b.yq)
+    assert torch.allclose(a.yq, (a.xq * a.w).sum(-1), atol=1e-6)  # noise-free tasks
+    assert icl.tokens(a.x, a.y, a.xq).shape == (7, 6, 4)
+
+
+def test_gd_weights_equal_an_autograd_step():
+    t = icl.sample_tasks(4, 6, 3, torch.Generator().manual_seed(2), dtype=torch.float64)
+    w = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    loss = (((t.x @ w[:, :, None])[..., 0] - t.y) ** 2).sum() / (2 * 6)  # Eq. (A2)'s loss, summed over tasks
+    (grad,) = torch.autograd.grad(loss, w)
+    assert torch.allclose(icl.gd_weights(t.x, t.y, 0.3, 1), -0.3 * grad, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_constructed_lsa_is_gd(depth):
+    t = icl.sample_tasks(64, 10, 5, torch.Generator().manual_seed(depth), dtype=torch.float64)
+    ref = icl.gd_predict(t.x, t.y, t.xq, 0.6, depth)
+    out = icl.constructed_lsa(5, depth, 0.6)(t.x, t.y, t.xq)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-10
+    # with RoPE: GD on position-rotated inputs, Eq. (A3)
+    fx, fq = icl.rotated_inputs(t.x, t.xq, 6)
+    out_r = icl.constructed_lsa(5, depth, 0.6, key_dim=6, use_rope=True)(t.x, t.y, t.xq)
+    ref_r = icl.gd_predict(fx, t.y, fq, 0.6, depth)
+    assert ((out_r - ref_r).norm() / ref_r.norm()).item() < 1e-10
+    assert ((out_r - ref).norm() / ref.norm()).item() > 0.05  # RoPE does change the predictor
+
+
+def test_trained_lsa_matches_one_gd_step():
+    preset = icl.regression_preset("ci", dim=5, n_ctx=10, key_dim=6, steps=1500, batch=128)
+    torch.manual_seed(0)
+    model = icl.LinearSelfAttention(preset.dim, 1, preset.key_dim)
+    icl.train_lsa(model, preset, seed=0)
+    ev = icl.sample_tasks(1000, 10, 5, torch.Generator().manual_seed(9))
+    lr = icl.tune_gd_lr(ev, 1)
+    gd = lambda x, y, xq: icl.gd_predict(x, y, xq, lr, 1)  # noqa: E731
+    cos = torch.nn.functional.cosine_similarity(icl.sensitivity(model, ev), icl.sensitivity(gd, ev), dim=-1)
+    assert cos.mean().item() > 0.95  # measured 0.9999
+    with torch.no_grad():
+        l_lsa = ((model(ev.x, ev.y, ev.xq) - ev.yq) ** 2).mean().item()
+    l_gd = ((gd(ev.x, ev.y, ev.xq) - ev.yq) ** 2).mean().item()
+    assert l_lsa < 1.1 * l_gd
+
+
+def test_regression_preset_validation():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        icl.regression_preset("laptop")
+    with pytest.raises(ConfigError, match="even"):
+        icl.regression_preset("ci", key_dim=11)
+    with pytest.raises(ConfigError, match="unknown regression option"):
+        icl.regression_preset("ci", width=3)
+
+
+# ----------------------------------------------------------------------------- testbed B: world
+
+
+def small_world_config(**kw) -> rw.WorldConfig:
+    base = dict(
+        n_items=32,
+        n_clusters=1,
+        groups_per_cluster=4,
+        latent_dim=4,
+        history_len=1,
+        demo_history_len=2,
+        n_candidates=10,
+        k_max=3,
+    )
+    return rw.world_config("ci", **(base | kw))
+
+
+def test_world_determinism_and_shapes():
+    cfg = rw.world_config("ci")
+    w1, w2 = rw.RecWorld.generate(cfg, 3), rw.RecWorld.generate(cfg, 3)
+    assert np.array_equal(w1.item_vecs, w2.item_vecs) and np.array_equal(w1.group_prefs, w2.group_prefs)
+    b1 = w1.sample_prompts(5, 4, np.random.default_rng(0), "mixed")
+    b2 = w2.sample_prompts(5, 4, np.random.default_rng(0), "mixed")
+    assert np.array_equal(b1.tokens(), b2.tokens())
+    tok = b1.tokens()
+    assert tok.shape == (5, cfg.seq_len(4))
+    assert (tok[:, 0] == rw.BOS).all() and (tok[:, -1] == rw.ARROW).all()
+    assert (b1.queries.candidates[:, 0] == b1.queries.target).all()
+    assert all(len(set(c)) == cfg.n_candidates for c in b1.queries.candidates)
+    p = b1.prompt(0)
+    assert int(p.demo_mask.sum()) == 4 * (cfg.demo_history_len + 3)
+    assert p.spans["answer"] == (tok.shape[1] - 1, tok.shape[1])
+    assert p.input_ids[p.spans["history"][0]].item() == rw.QUERY
+    assert rw.RecWorld.generate(cfg, 4).item_vecs[0, 0] != w1.item_vecs[0, 0]
+    # kinds: groups follow the kind, corrupted demos have no group
+    d = b1.demos
+    assert (d.group[d.kind == rw.SAME] == np.repeat(b1.queries.group[:, None], 4, 1)[d.kind == rw.SAME]).all()
+    assert (d.group[d.kind == rw.CORRUPTED] == -1).all()
+    other = d.kind == rw.OTHER
+    assert (d.group[other] != np.repeat(b1.queries.group[:, None], 4, 1)[other]).all()
+
+
+def test_drift_and_user_noise_still_sample():
+    cfg = small_world_config(drift=0.5, user_noise=0.3)
+    w = rw.RecWorld.generate(cfg, 0)
+    b = w.sample_prompts(6, 2, np.random.default_rng(1), "same")
+    assert w.bayes_scores(b).shape == (6, cfg.n_candidates)
+    assert np.isfinite(w.oracle_scores(b)).all()
+    assert not np.allclose(w.group_log_probs(0), w.group_log_probs(5))  # preferences move with time
+
+
+def hand_world(kind_probs=(1.0, 0.0, 0.0)) -> rw.RecWorld:
+    """3 items with v = (1, 0, −1), 2 groups with u = ±ln 2: p(·|g0) = (4, 2, 1)/7, p(·|g1) = (1, 2, 4)/7."""
+    cfg = rw.WorldConfig(
+        n_items=3,
+        n_clusters=1,
+        groups_per_cluster=2,
+        latent_dim=1,
+        temperature=1.0,
+        history_specificity=1.0,
+        history_len=1,
+        demo_history_len=1,
+        n_candidates=3,
+        kind_probs=kind_probs,
+        k_max=1,
+    )
+    ln2 = math.log(2)
+    return rw.RecWorld(
+        cfg,
+        0,
+        item_vecs=np.array([[1.0], [0.0], [-1.0]]),
+        item_bias=np.zeros(3),
+        centres=np.zeros((1, 1)),
+        group_prefs=np.array([[ln2], [-ln2]]),
+        drift_dirs=np.zeros((2, 1)),
+        cluster_of=np.array([0, 0]),
+    )
+
+
+def hand_batch(with_demo: bool) -> rw.PromptBatch:
+    q = rw.Queries(
+        group=np.array([0]),
+        pref=np.array([[math.log(2)]]),
+        history=np.array([[0]]),
+        target=np.array([0]),
+        candidates=np.array([[0, 1, 2]]),
+    )
+    k = 1 if with_demo else 0
+    d = rw.Demos(
+        kind=np.full((1, k), rw.SAME),
+        group=np.full((1, k), 1),
+        history=np.full((1, k, 1), 2),
+        next_item=np.full((1, k), 2),
+    )
+    return rw.PromptBatch(q, d)
+
+
+def test_bayes_ranking_by_hand():
+    w = hand_world()
+    p0, p1 = np.array([4, 2, 1]) / 7, np.array([1, 2, 4]) / 7
+    assert np.allclose(np.exp(w.group_log_probs()), [p0, p1])
+    # history (item 0) only: posterior ∝ (4/7, 1/7) = (0.8, 0.2)
+    b = hand_batch(False)
+    assert np.allclose(np.exp(w.group_log_posterior(b)), [[0.8, 0.2]])
+    expected = 0.8 * p0 + 0.2 * p1  # (3.4, 2, 1.6) / 7
+    assert np.allclose(np.exp(w.bayes_scores(b)), [expected])
+    assert np.allclose(np.exp(w.oracle_scores(b)), [p0])
+    # one same-group demonstration (2 → 2): likelihoods (1/7)² and (4/7)² → posterior (0.2, 0.8)
+    bd = hand_batch(True)
+    assert np.allclose(np.exp(w.group_log_posterior(bd)), [[0.2, 0.8]])
+    assert np.allclose(np.exp(w.bayes_scores(bd)), [0.2 * p0 + 0.8 * p1])
+    assert np.argsort(-w.bayes_scores(bd)[0]).tolist() == [2, 1, 0]  # the demonstration flips the ranking
+    # usefulness for the true group g0: log 0.2 − log 0.8 = −log 4
+    assert np.allclose(w.demo_usefulness(bd), [[-math.log(4)]])
+    # with a kind prior (½ same, ½ corrupted) each group's evidence is ½ p(d|g) + ½ (1/3)²
+    wm = hand_world((0.5, 0.0, 0.5))
+    e0, e1 = 0.5 / 49 + 0.5 / 9, 0.5 * 16 / 49 + 0.5 / 9
+    post = np.array([4 / 7 * e0, 1 / 7 * e1])
+    assert np.allclose(np.exp(wm.group_log_posterior(bd)), [post / post.sum()])
+
+
+def test_ranking_metrics_by_hand():
+    m = rw.ranking_metrics(np.array([[0.5, 0.9, 0.1], [0.9, 0.5, 0.1], [0.1, 0.5, 0.9]]), k=2)
+    assert np.allclose(m["HR@2"], [1, 1, 0])
+    assert np.allclose(m["NDCG@2"], [1 / math.log2(3), 1, 0])
+    tie = rw.ranking_metrics(np.array([[1.0, 1.0, 0.0]]), k=1)  # a tie counts half a place: rank 0.5
+    assert tie["HR@1"][0] == 1 and math.isclose(tie["NDCG@1"][0], 1 / math.log2(2.5))
+    mean, lo, hi = rw.bootstrap_ci(np.arange(10.0), seed=0)
+    assert lo < mean == 4.5 < hi
+
+
+def test_usefulness_ordering():
+    w = rw.RecWorld.generate(rw.world_config("ci"), 0)
+    means = {}
+    for kind in rw.KINDS:
+        b = w.sample_prompts(400, 1, np.random.default_rng([1, len(kind)]), kind)
+        means[kind] = w.demo_usefulness(b).mean()
+    assert means["same"] > 0.3 > means["corrupted"] > means["other"]
+
+
+def test_world_validation():
+    with pytest.raises(ConfigError, match="kind_probs"):
+        rw.world_config("ci", kind_probs=(0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="unknown world option"):
+        rw.world_config("ci", n_users=3)
+    w = rw.RecWorld.generate(rw.world_config("ci"), 0)
+    with pytest.raises(ConfigError, match="unknown demonstration kind"):
+        w.sample_prompts(2, 1, np.random.default_rng(0), "random")
+
+
+# ----------------------------------------------------------------------------- testbed B: tiny decoder
+
+SMALL_DECODER = dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, batch=32)
+
+
+def test_tiny_decoder_learns_in_context():
+    torch.set_num_threads(1)
+    world = rw.RecWorld.generate(small_world_config(), 0)
+    preset = td.decoder_preset("ci", steps=1200, **SMALL_DECODER)
+    model = td.build_model(world.config, preset, seed=0)
+    td.train(model, world, preset, seed=0)
+    queries = world.sample_queries(500, np.random.default_rng(1))
+    rows = rw.icl_sweep(
+        world, queries, {"m": lambda b: td.score_candidates(model, b)}, (0, 3), kinds=("same",)
+    )
+    ndcg = {r["k"]: r["NDCG@10"] for r in rows}
+    gain, lo, _ = rw.bootstrap_ci(ndcg[3] - ndcg[0], seed=0)
+    assert gain > 0.025 and lo > 0.0, (gain, lo)  # measured ≈ 0.05 [0.04, 0.07]
+
+
+def test_weight_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRGD_CACHE", str(tmp_path))
+    world = rw.RecWorld.generate(small_world_config(), 0)
+    preset = td.decoder_preset("ci", steps=3, **SMALL_DECODER)
+    first = td.load_or_train(world, preset, seed=0)
+    second = td.load_or_train(world, preset, seed=0)
+    assert not first.from_cache and second.from_cache and first.path == second.path
+    assert first.path.parent == tmp_path / "testbeds" and not list(first.path.parent.glob("*.tmp"))
+    for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    # evaluation sizes do not change the key; a training size does
+    assert td.weights_path(world, replace(preset, eval_queries=7), 0) == first.path
+    assert td.weights_path(world, replace(preset, steps=4), 0) != first.path
+    b = world.sample_prompts(3, 2, np.random.default_rng(0), "same")
+    assert np.array_equal(td.score_candidates(first.model, b), td.score_candidates(second.model, b))
+
+
+def test_dual_rebuild_on_the_tiny_decoder():
+    from lrgd.equivalence import rebuild_errors
+    from lrgd.llm import forward_captured
+
+    world = rw.RecWorld.generate(small_world_config(), 0)
+    model = td.build_model(world.config, td.decoder_preset("ci", **SMALL_DECODER), seed=0).eval()
+    b = world.sample_prompts(2, 3, np.random.default_rng(0), "same")
+    p = b.prompt(0)
+    err = rebuild_errors(forward_captured(model, p.input_ids), p.demo_mask)["error"]
+    assert err.shape == (2, 2) and err.max().item() < 1e-5
+    study = td.delta_o_check(model, p, p.mask("history"))
+    assert torch.allclose(study["cos_softmax"][0], torch.ones(2, dtype=torch.float64), atol=1e-4)  # layer 0
+    with pytest.raises(ConfigError, match="placebo"):
+        td.delta_o_check(model, p, p.mask("demo0"))
+    scores = td.score_candidates(model, b)
+    assert scores.shape == (2, world.config.n_candidates)
+
+
+def test_decoder_preset_validation():
+    with pytest.raises(ConfigError, match="kv_heads"):
+        td.decoder_preset("ci", heads=3, kv_heads=2)
+    with pytest.raises(ConfigError, match="unknown decoder option"):
+        td.decoder_preset("ci", depth=2)
