@@ -261,3 +261,42 @@ def demo_tokens(tokenizer, history: tuple[str, ...] | list[str], next_item: str)
     """Token ids of one demonstration as it appears in the slot (same text as in :mod:`lrgd.prompts`)."""
     text = f"Example 1. Bought: {'; '.join(history)}.\nNext: {next_item}\n\n"
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def demo_states(
+    model, users: list[SlotPrompt], demos: list[torch.Tensor], at_slot: bool = True
+) -> list[DemoState]:
+    """One pass per demonstration, after the users' shared prefix (see :func:`demo_state`)."""
+    from lrgd.progress import progress
+
+    for u in users[1:]:
+        if not torch.equal(u.prefix, users[0].prefix) or u.slot != users[0].slot:
+            raise ModelError("all users must share the prefix and the slot to reuse demonstration states")
+    return [demo_state(model, users[0], d, at_slot=at_slot) for d in progress(demos, "demonstration states")]
+
+
+def user_states(model, users: list[SlotPrompt], positions: str = "all") -> list[UserState]:
+    """One forward and one backward pass per user (see :func:`user_state`)."""
+    from lrgd.progress import progress
+
+    return [user_state(model, u, positions) for u in progress(users, "user states (fwd+bwd)")]
+
+
+def effect_matrix(d_states: list[DemoState], u_states: list[UserState], **options) -> torch.Tensor:
+    """Effect_D for every (demonstration, user) pair, [M, N]: tensor products only, no LLM pass.
+
+    With :func:`demo_states` and :func:`user_states` the whole matrix costs M + 2N passes.
+    ``options`` go to :func:`effect_d` (``form``, ``rate``, ``layers``).
+    """
+    return torch.tensor([[effect_d(d, u, **options) for u in u_states] for d in d_states])
+
+
+def true_gain_matrix(model, users: list[SlotPrompt], demos: list[torch.Tensor]) -> torch.Tensor:
+    """L_u(zero-shot) − L_u(with D) for every pair: [M, N], with N + M·N forward passes."""
+    from lrgd.progress import progress
+
+    base = [loss_with_demo(model, u, None) for u in users]
+    rows = []
+    for d in progress(demos, "true gains (one pass per pair)"):
+        rows.append([base[j] - loss_with_demo(model, u, d) for j, u in enumerate(users)])
+    return torch.tensor(rows)

@@ -29,3 +29,27 @@ def write_json(path: Path, obj: object) -> Path:
 
 def read_json(path: Path) -> object:
     return json.loads(Path(path).read_text())
+
+
+def config_key(config: dict) -> str:
+    """A short stable hash of a JSON-serialisable configuration."""
+    import hashlib
+
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cached_json(path: Path, config: dict, compute) -> tuple[dict, bool]:
+    """Return ``compute()`` stored at ``path`` for this ``config`` (recomputed when the config changes).
+
+    Returns (result, from_cache). The file holds ``{"key", "config", "result"}`` and is written atomically.
+    """
+    key = config_key(config)
+    path = Path(path)
+    if path.is_file():
+        blob = read_json(path)
+        if isinstance(blob, dict) and blob.get("key") == key:
+            return blob["result"], True
+    result = compute()
+    write_json(path, {"key": key, "config": config, "result": result})
+    return result, False
