@@ -95,3 +95,41 @@ def test_positions_and_options(llama3):
         effect_d(ds, us, form="cubic")
     with pytest.raises(ConfigError, match="unknown positions"):
         user_state(llama3, sp, positions="middle")
+
+
+def test_testbed_slot_prompt_with_demo_is_the_k1_prompt():
+    import numpy as np
+
+    from lrgd import recworld as rw
+
+    wcfg = rw.world_config("ci")
+    world = rw.RecWorld.generate(wcfg, 0)
+    rng = np.random.default_rng(0)
+    q = world.sample_queries(5, rng)
+    pool = rw.demo_pool(world, 4, rng)
+    width = wcfg.demo_history_len + 3
+    sps, ids = rw.slot_prompts(q, width), rw.pool_tokens(pool)
+    batch = rw.PromptBatch(q, rw.select_demos(q, pool, np.full((5, 1), 2)))
+    for i in range(5):
+        seq, pos, _ = sps[i].layout(ids[2])
+        assert torch.equal(seq[:-1], torch.as_tensor(batch.tokens()[i]))  # + the target token
+        assert torch.equal(pos, torch.arange(len(seq)))  # the demo fills the slot exactly
+    full = rw.pool_for(q, pool)
+    same = full.group == q.group[:, None]
+    assert ((full.kind == rw.SAME) == same).all()
+    assert ((full.kind == rw.CORRUPTED) == (full.group < 0)).all()
+
+
+def test_cached_json_recomputes_on_new_config(tmp_path):
+    from lrgd.results import cached_json
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": len(calls)}
+
+    a, hit_a = cached_json(tmp_path / "c.json", {"k": 1}, compute)
+    b, hit_b = cached_json(tmp_path / "c.json", {"k": 1}, compute)
+    c, hit_c = cached_json(tmp_path / "c.json", {"k": 2}, compute)
+    assert (a, hit_a, b, hit_b, c, hit_c) == ({"x": 1}, False, {"x": 1}, True, {"x": 2}, False)
