@@ -26,8 +26,10 @@
 # position $p$ by the dual model's step, with $Z$ the user's own context,
 #
 # $$
-# \Delta o_{D}^{(\ell,h)}(p) = \eta\,\big(\mathrm{Attn}_D(q_p) - \mathrm{Attn}_Z(q_p)\big),\qquad
-# \eta = \frac{Z_D}{Z_Z + Z_D}\quad(\text{secant})\quad\text{or}\quad \frac{Z_D}{Z_Z}\quad(\text{derivative}),
+# \begin{aligned}
+# \Delta o_{D}^{(\ell,h)}(p) &= \eta\,\big(\mathrm{Attn}_D(q_p) - \mathrm{Attn}_Z(q_p)\big),\\
+# \eta &= \frac{Z_D}{Z_Z + Z_D}\ \ (\text{secant})\quad\text{or}\quad \eta = \frac{Z_D}{Z_Z}\ \ (\text{derivative}),
+# \end{aligned}
 # $$ (eq-step)
 #
 # holding that layer's inputs fixed. Let $L_u$ be the user's loss, the negative log-likelihood of the true
