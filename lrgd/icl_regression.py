@@ -27,10 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 
@@ -38,6 +35,7 @@ from lrgd.config import cache_dir, get_profile
 from lrgd.dual import rope
 from lrgd.errors import ConfigError, ModelError
 from lrgd.progress import progress
+from lrgd.results import save_torch
 
 #: bump when the training loop changes, so stale cached weights are not reused
 TRAIN_CODE_VERSION = "2"
@@ -295,18 +293,6 @@ def _key(preset: RegressionPreset, depth: int, key_dim: int, use_rope: bool, see
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_or_train_lsa(
     preset: RegressionPreset, depth: int, use_rope: bool = False, key_dim: int | None = None, seed: int = 0
 ) -> tuple[LinearSelfAttention, list[tuple[int, float]], bool]:
@@ -328,5 +314,5 @@ def load_or_train_lsa(
     if depth > 1:
         preset = replace(preset, steps=preset.deep_steps, lr=preset.deep_lr)
     curve = train_lsa(model, preset, seed, desc=name)
-    _save_atomic({"state_dict": model.state_dict(), "curve": curve}, path)
+    save_torch({"state_dict": model.state_dict(), "curve": curve}, path)
     return model.eval(), curve, False

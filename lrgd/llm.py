@@ -198,6 +198,29 @@ def load_model(
     return LoadedModel(model, tok, info)
 
 
+def random_llama(
+    n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2, hidden: int = 32, vocab: int = 97, seed: int = 0
+) -> torch.nn.Module:
+    """A tiny Llama (RoPE, grouped-query attention) with random weights in float64, in eval mode.
+
+    For tests and exact checks: no download, and every head dimension is ``hidden // n_heads``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=512,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(cfg).to(torch.float64).eval()
+
+
 # --------------------------------------------------------------------------- attention capture
 
 

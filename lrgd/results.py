@@ -8,23 +8,40 @@ import tempfile
 from pathlib import Path
 
 
-def write_json(path: Path, obj: object) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename.
-
-    NaN and infinities are refused (``ValueError``): they usually mean a silent failure upstream.
-    """
+def _atomic(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False, default=str, allow_nan=False)
-            f.write("\n")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_torch(obj: object, path: Path) -> Path:
+    """``torch.save`` atomically (trained weights in the cache are never half-written)."""
+    import torch
+
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json(path: Path, obj: object) -> Path:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename.
+
+    NaN and infinities are refused (``ValueError``): they usually mean a silent failure upstream.
+    """
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False, default=str, allow_nan=False)
+            f.write("\n")
+
+    return _atomic(path, write)
 
 
 def read_json(path: Path) -> object:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +30,7 @@ from lrgd.config import cache_dir, get_profile
 from lrgd.errors import ConfigError, ModelError
 from lrgd.progress import progress
 from lrgd.recworld import N_SPECIAL, PromptBatch, RecWorld, WorldConfig
+from lrgd.results import save_torch
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto inside a kernel without widgets
 
@@ -202,20 +201,6 @@ def weights_path(world: RecWorld, preset: DecoderPreset, seed: int = 0) -> Path:
     return cache_dir() / "testbeds" / f"recworld-llama-{_key(world, preset, seed)}.pt"
 
 
-def save_atomic(obj: object, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 @dataclass
 class TrainedDecoder:
     model: torch.nn.Module
@@ -243,7 +228,7 @@ def load_or_train(
     model.to(device)
     log = train(model, world, preset, seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_atomic({"state_dict": state, "log": log, "key": _key(world, preset, seed)}, path)
+    save_torch({"state_dict": state, "log": log, "key": _key(world, preset, seed)}, path)
     return TrainedDecoder(model, log, path, False)
 
 

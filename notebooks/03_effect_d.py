@@ -113,24 +113,9 @@ def spearman_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000) -> tuple[float
 # float64 model), for a few random (demonstration, user) pairs.
 
 # %%
-from transformers import LlamaConfig, LlamaForCausalLM
+from lrgd.llm import random_llama
 
-torch.manual_seed(seed)
-toy = (
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attn_implementation="sdpa",
-        )
-    )
-    .to(torch.float64)
-    .eval()
-)
+toy = random_llama(n_layers=3, seed=seed)
 g = torch.Generator().manual_seed(seed)
 rows = []
 for _ in range(4):

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 2-layer Llama with GQA (4 query heads, 2 KV heads) and random weights, in float64."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from lrgd.llm import random_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rope_theta=10000.0,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(cfg).to(torch.float64).eval()
-    return model
+    return random_llama(n_layers=2)
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,9 @@ from lrgd.errors import ConfigError, ModelError
 
 @pytest.fixture(scope="module")
 def llama3():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from lrgd.llm import random_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(cfg).to(torch.float64).eval()
+    return random_llama(n_layers=3)
 
 
 def _case(seed: int, n_demo: int = 8) -> tuple[SlotPrompt, torch.Tensor]:
