@@ -282,13 +282,61 @@ def user_states(model, users: list[SlotPrompt], positions: str = "all") -> list[
     return [user_state(model, u, positions) for u in progress(users, "user states (fwd+bwd)")]
 
 
-def effect_matrix(d_states: list[DemoState], u_states: list[UserState], **options) -> torch.Tensor:
+def _stack_demos(
+    d_states: list[DemoState], layer: int, dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys, values [M, H_kv, n_max, d] of all demonstrations at ``layer`` (zero-padded); mask [M, n_max]."""
+    n_max = max(d.k[layer].shape[1] for d in d_states)
+    k0 = d_states[0].k[layer]
+    keys = torch.zeros(len(d_states), k0.shape[0], n_max, k0.shape[2], dtype=dtype)
+    vals = torch.zeros(len(d_states), k0.shape[0], n_max, d_states[0].v[layer].shape[2], dtype=dtype)
+    mask = torch.zeros(len(d_states), n_max, dtype=torch.bool)
+    for i, d in enumerate(d_states):
+        n = d.k[layer].shape[1]
+        keys[i, :, :n], vals[i, :, :n], mask[i, :n] = d.k[layer], d.v[layer], True
+    return keys, vals, mask
+
+
+def effect_matrix(
+    d_states: list[DemoState],
+    u_states: list[UserState],
+    form: str = "softmax",
+    rate: str = "secant",
+    layers: list[int] | None = None,
+) -> torch.Tensor:
     """Effect_D for every (demonstration, user) pair, [M, N]: tensor products only, no LLM pass.
 
+    The same quantity as :func:`effect_d`, batched over all demonstrations (padded to one length).
     With :func:`demo_states` and :func:`user_states` the whole matrix costs M + 2N passes.
-    ``options`` go to :func:`effect_d` (``form``, ``rate``, ``layers``).
     """
-    return torch.tensor([[effect_d(d, u, **options) for u in u_states] for d in d_states])
+    if form not in FORMS:
+        raise ConfigError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    if rate not in RATES:
+        raise ConfigError(f"unknown rate {rate!r}; choose one of {', '.join(RATES)}")
+    dtype = u_states[0].q[0].dtype
+    out = torch.zeros(len(d_states), len(u_states), dtype=dtype)
+    for li in range(len(u_states[0].q)) if layers is None else layers:
+        keys, vals, mask = _stack_demos(d_states, li, dtype)  # [M, H_kv, n, d]
+        n_kv = keys.shape[1]
+        pad = (~mask)[:, None, None, None, :]  # broadcast to [M, H_kv, g, P, n]
+        for j, us in enumerate(u_states):
+            h, p, d = us.q[li].shape
+            g = h // n_kv
+            qg = us.q[li].reshape(n_kv, g, p, d)
+            grad = us.grad[li].reshape(n_kv, g, p, d)
+            s = torch.einsum("hgpd,mhnd->mhgpn", qg, keys) * us.scaling[li]
+            vg = torch.einsum("mhnd,hgpd->mhgpn", vals, grad)  # ⟨v_i, ∂L/∂o⟩ per demo token
+            if form == "linear":
+                out[:, j] -= (s * vg).masked_fill(pad, 0.0).sum(dim=(1, 2, 3, 4))
+                continue
+            s = s.masked_fill(pad, -math.inf)
+            log_zd = torch.logsumexp(s, dim=-1)  # [M, H_kv, g, P]
+            a = (torch.softmax(s, dim=-1) * vg).sum(-1)  # ⟨Attn_D, ∂L/∂o⟩
+            b = (us.out[li] * us.grad[li]).sum(-1).reshape(n_kv, g, p)  # ⟨Attn_Z, ∂L/∂o⟩
+            lz = us.log_z[li].reshape(n_kv, g, p)
+            eta = torch.sigmoid(log_zd - lz) if rate == "secant" else torch.exp(log_zd - lz)
+            out[:, j] -= (eta * (a - b)).sum(dim=(1, 2, 3))
+    return out
 
 
 def true_gain_matrix(model, users: list[SlotPrompt], demos: list[torch.Tensor]) -> torch.Tensor:

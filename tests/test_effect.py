@@ -123,3 +123,18 @@ def test_cached_json_recomputes_on_new_config(tmp_path):
     b, hit_b = cached_json(tmp_path / "c.json", {"k": 1}, compute)
     c, hit_c = cached_json(tmp_path / "c.json", {"k": 2}, compute)
     assert (a, hit_a, b, hit_b, c, hit_c) == ({"x": 1}, False, {"x": 1}, True, {"x": 2}, False)
+
+
+@pytest.mark.parametrize("options", [{}, {"rate": "derivative"}, {"form": "linear"}, {"layers": [1]}])
+def test_batched_matrix_equals_pairwise(llama3, options):
+    from lrgd.effect import demo_states, effect_matrix, user_states
+
+    users = [_case(s)[0] for s in range(3)]
+    users = [SlotPrompt(users[0].prefix, u.rest, u.target, u.slot) for u in users]
+    demos = [_case(s, n_demo=5 + s)[1] for s in range(4)]  # different lengths → padding
+    ds, us = demo_states(llama3, users, demos), user_states(llama3, users)
+    mat = effect_matrix(ds, us, **options)
+    assert mat.shape == (4, 3)
+    for i in range(4):
+        for j in range(3):
+            assert mat[i, j].item() == pytest.approx(effect_d(ds[i], us[j], **options), rel=1e-9, abs=1e-12)
