@@ -139,12 +139,16 @@ check("Effect_D (derivative) vs finite differences, max relative gap", fd["relat
 # information about the user's group, from the world's Bayes posterior), the **true gain** (the
 # decoder's loss drop when the demonstration is inserted) and **Effect_D**.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 torch.set_num_threads(1)  # the tiny decoder is fastest (and deterministic) on one thread
 wcfg = rw.world_config(cfg.name)
 world = rw.RecWorld.generate(wcfg, seed)
-trained = td.load_or_train(world, td.decoder_preset(cfg.name), seed=seed, device="cpu")
+trained = td.load_or_train(
+    world, td.decoder_preset(cfg.name), seed=seed, device="cpu"
+)  # cached by chapter 1b
 net = trained.model
+
+# %%
 rng = np.random.default_rng([seed, 3])
 n_q, n_pool = {"ci": (200, 24), "full": (1000, 48), "gpu": (2000, 64)}[cfg.name]
 queries = world.sample_queries(n_q, rng)
@@ -157,7 +161,7 @@ E_tb = fx.effect_matrix(d_tb, u_tb).numpy()
 G_tb = fx.true_gain_matrix(net, users_tb, pool_ids).numpy()
 U_tb = world.demo_usefulness(rw.PromptBatch(queries, rw.pool_for(queries, pool))).T  # [M, N]
 kind_tb = rw.pool_for(queries, pool).kind.T
-print(f"{n_pool} demonstrations × {n_q} users = {E_tb.size} pairs; weights from cache: {trained.from_cache}")
+print(f"{n_pool} demonstrations × {n_q} users = {E_tb.size} pairs")
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -316,6 +320,8 @@ def compute_llm() -> dict:
     return {k: v.tolist() for k, v in out.items()}
 
 
+# %% tags=["nbval-ignore-output"]
+# computed once per configuration and cached in results/<profile>/ (the re-execution reads the cache)
 key = {
     "model": lm.info.sha256,
     "dataset": dataset,
