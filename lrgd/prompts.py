@@ -169,3 +169,78 @@ def user_prompt_parts(
     demos = random_demonstrations(ds, split, user, n_demos, rng, history_len)
     parts = prompt_parts(titled(ds, history)[-history_len:], demos, titled(ds, cands))
     return parts, cands, target
+
+
+# ----------------------------------------------------------------------------- chapter 2 additions
+
+RANK_INSTRUCTION = (
+    "You are a recommender system. Given the items a user bought, in order, rank the candidate items "
+    "by how likely the user is to buy each next. Answer with the candidate titles, one per line, best first."
+)
+
+
+def null_prompt_parts(instruction: str = INSTRUCTION) -> list[tuple[str, str]]:
+    """The history-free *null* prompt: the instruction and the answer cue, no demonstrations, no user.
+
+    Scoring a title after it measures how likely the title is on its own; PMI subtracts that.
+    """
+    return [("instruction", instruction + "\n\n"), ("answer", "Next:")]
+
+
+def generate_prompt_parts(
+    history: list[str], demos: list[Demonstration], candidates: list[str]
+) -> list[tuple[str, str]]:
+    """Pieces of a prompt that asks the model to *write* a ranked list of the listed candidates."""
+    parts = prompt_parts(history, demos, candidates, instruction=RANK_INSTRUCTION)
+    return [*parts[:-1], ("answer", "\nRanking:")]
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What :func:`fit_prompt` removed to fit the context window."""
+
+    history_dropped: int = 0  # oldest history items removed
+    demos_dropped: int = 0  # demonstrations removed (the last ones first)
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.history_dropped or self.demos_dropped)
+
+
+def fit_prompt(
+    tokenizer,
+    history: list[str],
+    demos: list[Demonstration],
+    chat: bool,
+    max_tokens: int,
+    reserve: int = 0,
+    candidates: list[str] | None = None,
+    parts_fn=prompt_parts,
+) -> tuple[Prompt, Truncation]:
+    """Build the prompt, fitting ``max_tokens - reserve`` tokens (``reserve``: room for the longest title).
+
+    Policy: drop the oldest history items first (keeping at least one), then demonstrations, last one
+    first. Every removal is counted in the returned :class:`Truncation`; a prompt that still does not fit
+    raises :class:`ModelError` naming the fix.
+    """
+    if not history:
+        raise DataError("empty history: a prompt needs at least one item the user interacted with")
+    budget = max_tokens - reserve
+    hist, ds_ = list(history), list(demos)
+    dropped_h = dropped_d = 0
+    while True:
+        args = (hist, ds_) if candidates is None else (hist, ds_, candidates)
+        prompt = build_prompt(tokenizer, parts_fn(*args), chat=chat)
+        n = len(prompt.input_ids)
+        if n <= budget:
+            return prompt, Truncation(dropped_h, dropped_d)
+        if len(hist) > 1:
+            hist, dropped_h = hist[1:], dropped_h + 1
+        elif ds_:
+            ds_, dropped_d = ds_[:-1], dropped_d + 1
+        else:
+            raise ModelError(
+                f"prompt has {n} tokens with one history item and no demonstrations, over the budget of "
+                f"{budget} (context window {max_tokens} minus {reserve} reserved for the title); "
+                "use a model with a longer context window or shorter titles"
+            )

@@ -60,7 +60,9 @@ def continuation_ids(tokenizer, titles: Sequence[str], sep: str) -> list[list[in
     return out
 
 
-def joint_tokenisation_matches(tokenizer, prompt_text: str, prompt_ids: Sequence[int], title_ids, sep: str, title: str) -> bool:
+def joint_tokenisation_matches(
+    tokenizer, prompt_text: str, prompt_ids: Sequence[int], title_ids, sep: str, title: str
+) -> bool:
     """Whether tokenising ``prompt_text + sep + title`` jointly gives ``prompt_ids + title_ids``.
 
     When it does, scoring the title on the cached prompt is exactly the joint likelihood.
@@ -91,21 +93,32 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_window(model, n_prompt: int, conts: Sequence[Sequence[int]]) -> None:
+def _check_window(model, n_prompt: int, conts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+    """Raise :class:`ModelError` if a title cannot be scored after the prompt; return the group size.
+
+    With a sliding-window model (Gemma 3) the cached scorer needs every layer to see the whole prompt:
+    a group of titles then feeds at most ``window - 1 - n_prompt`` positions.
+    """
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     limit = getattr(cfg, "max_position_embeddings", None)
-    longest = n_prompt + max(len(c) for c in conts)
-    if limit is not None and longest > limit:
+    longest = max(len(c) for c in conts)
+    if limit is not None and n_prompt + longest > limit:
         raise ModelError(
-            f"prompt ({n_prompt} tokens) plus the longest title ({longest - n_prompt}) exceed the context window "
-            f"of {limit}; use fewer demonstrations or a shorter history (lrgd.prompts.fit_prompt truncates)"
+            f"prompt ({n_prompt} tokens) plus the longest title ({longest}) exceed the context "
+            f"window of {limit}; use fewer demonstrations or a shorter history "
+            "(lrgd.prompts.fit_prompt truncates)"
         )
     window = getattr(cfg, "sliding_window", None)
-    if window is not None and longest > window:
-        raise ModelError(
-            f"prompt plus title ({longest} tokens) exceed the sliding window of {window}; the cached scorer "
-            "assumes every layer sees the whole prompt. Use a shorter prompt or score_naive()."
-        )
+    if window is not None:
+        room = window - 1 - n_prompt
+        if room < longest - 1:
+            raise ModelError(
+                f"prompt ({n_prompt} tokens) plus the longest title ({longest}) exceed the sliding window "
+                f"of {window}; the cached scorer needs every layer to see the whole prompt. Use a shorter "
+                "prompt (fit_prompt with max_tokens=window) or score_naive()."
+            )
+        return min(max_new_tokens, room)
+    return max_new_tokens
 
 
 @torch.no_grad()
@@ -113,7 +126,7 @@ def encode_prompt(model, prompt_ids: torch.Tensor):
     """Run the prompt once; return (cache, log-probs of the next token [V])."""
     ids = prompt_ids.reshape(1, -1).to(_device(model))
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    return out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1)
+    return out.cache, torch.log_softmax(out.logits[0, -1].float(), -1)
 
 
 def _chunks(conts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
@@ -146,7 +159,7 @@ def _packed_group(model, cache, n_prompt: int, conts: list[Sequence[int]]) -> li
     block = (seg[:, None] == seg[None, :]) & (local[None, :] <= local[:, None])
     mask = torch.cat([torch.ones(q, n_prompt, dtype=torch.bool), block], 1).to(dev)[None, None]
     try:
-        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache).logits[0]
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask, cache=cache).logits[0]
     finally:
         cache.crop(-q)  # back to the prompt alone, for the next group
     logp = torch.log_softmax(logits.float(), -1)
@@ -178,7 +191,7 @@ def _batched_group(model, cache, n_prompt: int, conts: list[Sequence[int]]) -> l
     rep = DynamicCache(ddp_cache_data=layers)
     attn = torch.cat([torch.ones(b, n_prompt, dtype=torch.long), valid.long()], 1).to(dev)
     pos = (torch.arange(width) + n_prompt).expand(b, -1).to(dev)
-    logits = model(input_ids=ids.to(dev), attention_mask=attn, position_ids=pos, past_key_values=rep).logits
+    logits = model(input_ids=ids.to(dev), attention_mask=attn, position_ids=pos, cache=rep).logits
     logp = torch.log_softmax(logits.float(), -1).gather(2, tgt.to(dev)[..., None])[..., 0].cpu()
     return [logp[j, : len(f)] for j, f in enumerate(feeds)]
 
@@ -205,7 +218,7 @@ def score_continuations(
         raise ConfigError(f"unknown scoring mode {mode!r}; choose one of {', '.join(SCORING_MODES)}")
     if not conts or any(len(c) == 0 for c in conts):
         raise ModelError("every candidate needs at least one token; got an empty candidate list or title")
-    _check_window(model, len(prompt_ids), conts)
+    max_new_tokens = _check_window(model, len(prompt_ids), conts, max_new_tokens)
     cache, first = encode_prompt(model, prompt_ids)
     n_prompt = len(prompt_ids)
     per: list[torch.Tensor | None] = [None] * len(conts)
@@ -306,8 +319,14 @@ class Generated:
 
 @torch.no_grad()
 def generate_and_parse(
-    model, tokenizer, prompt_ids: torch.Tensor, titles: Sequence[str], items: Sequence[str], user: str,
-    seed: int, max_new_tokens: int = 96,
+    model,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    titles: Sequence[str],
+    items: Sequence[str],
+    user: str,
+    seed: int,
+    max_new_tokens: int = 96,
 ) -> Generated:
     """Greedy-generate a ranked list after ``prompt_ids`` and parse it back to candidate indices."""
     dev = _device(model)
@@ -321,5 +340,7 @@ def generate_and_parse(
     )
     text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     named = parse_ranked_list(text, titles)
-    rest = sorted((j for j in range(len(items)) if j not in named), key=lambda j: tie_key(items[j], user, seed))
+    rest = sorted(
+        (j for j in range(len(items)) if j not in named), key=lambda j: tie_key(items[j], user, seed)
+    )
     return Generated(text, named + rest, len(named), len(named) == 0)

@@ -1,0 +1,113 @@
+"""Tests of ``python -m lrgd evaluate``: clear errors, no half-written results, an end-to-end run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_rank import tiny_model_folder
+
+from lrgd.__main__ import main
+from lrgd.data import Dataset, make_item, make_synthetic, write_synthetic
+from lrgd.evaluate import EvalConfig, Runner
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic(
+        make_synthetic(n_users=30, n_items=50, seed=2, min_len=4, max_len=8),
+        root / "amazon-games",
+        "amazon-games",
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def cli(*args: str, capsys) -> tuple[int, str, str]:
+    code = main(["evaluate", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "amazon-books", "--method", "random", "--k", "2"],
+         "unknown dataset 'amazon-books'; choose one of amazon-beauty"),
+        (["--dataset", "amazon-games", "--method", "knn"],
+         "unknown method 'knn'; choose an LLM demonstration selector"),
+        (["--dataset", "amazon-games", "--method", "random", "--k", "2", "--profile", "laptop"],
+         "unknown profile 'laptop'; choose one of ci, full, gpu"),
+        (["--dataset", "amazon-games", "--method", "zero-shot", "--k", "2"],
+         "uses no demonstrations; got k=2. Use --k 0"),
+        (["--dataset", "amazon-games", "--method", "ref-popularity", "--k", "1"],
+         "takes no demonstrations; use --k 0"),
+        (["--dataset", "amazon-games", "--method", "random", "--k", "1", "--users", "0"],
+         "--users must be ≥ 1"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_name_the_problem(tmp_path, capsys, args, message) -> None:
+    code, _, err = cli(*args, "--results-dir", str(tmp_path), capsys=capsys)
+    assert code == 2 and err.startswith("error: ") and message in err
+    assert files(tmp_path) == []
+
+
+def test_empty_histories_are_a_clear_error(tmp_path, capsys) -> None:
+    items = {str(i): make_item(str(i), f"Item {i} {i}" if i >= 10 else "", ()) for i in range(40)}
+    seqs = {str(u): [str(u % 10), str((u + 1) % 10), str(10 + u)] for u in range(20)}  # untitled histories
+    root = tmp_path / "data"
+    write_synthetic(Dataset("x", items, seqs, Path("<mem>")), root / "amazon-games", "amazon-games")
+    code, _, err = cli(
+        "--dataset", "amazon-games", "--method", "ref-popularity", "--data-dir", str(root),
+        "--results-dir", str(tmp_path / "res"), "--quiet", capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and "non-empty titled history" in err and "(" in err
+    assert not list((tmp_path / "res").rglob("*.json*"))
+
+
+def test_prompt_over_the_window_is_a_clear_error(tmp_path, capsys, data_root, model_dir) -> None:
+    code, _, err = cli(
+        "--dataset", "amazon-games", "--method", "random", "--k", "2", "--model", str(model_dir),
+        "--data-dir", str(data_root), "--results-dir", str(tmp_path), "--candidates", "10",
+        "--max-prompt-tokens", "20", "--quiet", capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and "one history item and no demonstrations" in err and "longer context window" in err
+    assert not list(tmp_path.rglob("*.jsonl")) and not list(tmp_path.rglob("eval/**/*.json"))
+
+
+def test_truncation_is_counted(tmp_path, data_root, model_dir) -> None:
+    r = Runner("ci", "cpu", quiet=True, results_root=tmp_path, data_dir=data_root)
+    full = r.run(EvalConfig("amazon-games", "random", 2, n_users=3, model=str(model_dir), n_candidates=10))
+    cut = r.run(
+        EvalConfig("amazon-games", "random", 2, n_users=3, model=str(model_dir), n_candidates=10,
+                   max_prompt_tokens=int(full["prompt_tokens"]) - 5)
+    )  # fmt: skip
+    assert cut["truncated_users"] >= 1 and cut["history_items_dropped"] >= 1
+
+
+def test_end_to_end_run_prints_metrics(tmp_path, capsys, data_root, model_dir) -> None:
+    args = ["--dataset", "amazon-games", "--method", "similarity", "--k", "1", "--model", str(model_dir),
+            "--data-dir", str(data_root), "--results-dir", str(tmp_path),
+            "--candidates", "10", "--users", "3"]  # fmt: skip
+    code, out, err = cli(*args, capsys=capsys)
+    assert code == 0, err
+    assert "NDCG@10" in out and "results:" in out and "3 computed" in out
+    assert "100%" in err  # the progress bar
+    code, out, _ = cli(*args, "--quiet", capsys=capsys)
+    assert code == 0 and "0 computed" in out  # resumed from the per-user file
+
+
+def test_module_entry_point() -> None:
+    r = subprocess.run([sys.executable, "-m", "lrgd", "evaluate", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--dataset" in r.stdout
