@@ -48,8 +48,8 @@ _build/notebooks/.params: FORCE
 
 _build/notebooks/%.ipynb: notebooks/%.py $(LIB) _build/notebooks/.params $(STAMP)
 	@echo "== executing $< [$(PARAMS)]"
-	$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $<
-	$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $(PARAMS) \
+	@$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $<
+	@$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $(PARAMS) \
 	  || { echo "!! $< failed; the failing cell is shown above. Partial output: $(@D)/$*.run.ipynb"; exit 1; }
 	@mv $(@D)/$*.run.ipynb $@ && rm -f $(@D)/$*.src.ipynb
 
