@@ -40,7 +40,7 @@ SPLITS = ("test", "valid")
 ORDERS = ("sampled", "reversed", "shuffled")
 MODES = ("score", "generate")
 #: bump when scoring or prompt code changes what a per-user record would contain
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -136,7 +136,7 @@ _TABLE = ("amazon-beauty", "amazon-toys", "amazon-games", "ml-100k")
 _ALL_SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular")
 PRESETS = {
     "ci": EvalPreset(
-        name="ci", n_users=20, n_valid_users=10, valid_datasets=("amazon-games", "ml-100k"),
+        name="ci", n_users=20, n_valid_users=20, valid_datasets=("amazon-games", "ml-100k"),
         similarity_pool=300, table_datasets=_TABLE, table_methods=("zero-shot", "random", "similarity"),
         icl_datasets=("amazon-games", "ml-100k"), table_k=2, curve_dataset="amazon-games",
         curve_method="random", curve_ks=(0, 1, 2, 4), curve_users=10, bias_dataset="amazon-games",
@@ -323,8 +323,10 @@ class Runner:
         self._data: dict[str, _DatasetState] = {}
         self._models: dict = {}
         self._embedder = None
-        self._null: dict[tuple[str, str], float] = {}  # (model, item) → summed log-prob after the null prompt
-        self._token_cache: dict[tuple[str, str, str], list[int]] = {}
+        # Keyed by the *title*, not the item id: ids repeat across datasets (Toys, Games, ml-100k).
+        # (model, title) → summed log-prob after the null prompt
+        self._null: dict[tuple[str, str], float] = {}
+        self._token_cache: dict[tuple[str, str, str], list[int]] = {}  # (model, sep, title) → token ids
 
     # --------------------------------------------------------------------------- shared state
 
@@ -447,7 +449,8 @@ class Runner:
         key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
         model = Path(cfg.model).name if cfg.llm else "ref"
         partial = self.root / "partial" / cfg.dataset / f"{cfg.name}-{model}-{key}.jsonl"
-        final = self.root / "eval" / cfg.dataset / f"{cfg.name}-{model}.json"
+        users = "all" if cfg.n_users is None else f"n{cfg.n_users}"
+        final = self.root / "eval" / cfg.dataset / f"{cfg.name}-{model}-{users}.json"
         return partial, final
 
     def records(self, cfg: EvalConfig) -> list[dict]:
@@ -534,15 +537,13 @@ class Runner:
                 out["mean_named"] = float(np.mean([r["n_matched"] for r in records]))
         return out
 
-    def _tokens(self, cfg: EvalConfig, item: str, sep: str) -> list[int]:
-        key = (cfg.model, sep, item)
+    def _tokens(self, cfg: EvalConfig, title: str, sep: str) -> list[int]:
+        """Token ids of ``sep + title`` (cached by title: item ids are not unique across datasets)."""
+        key = (cfg.model, sep, title)
         if key not in self._token_cache:
             from lrgd.rank import continuation_ids
 
-            lm = self.lm(cfg.model)
-            self._token_cache[key] = continuation_ids(
-                lm.tokenizer, [self.data(cfg.dataset).ds.title(item)], sep
-            )[0]
+            self._token_cache[key] = continuation_ids(self.lm(cfg.model).tokenizer, [title], sep)[0]
         return self._token_cache[key]
 
     def _evaluate_user(self, cfg: EvalConfig, user: str, cand: list[str]) -> dict:
@@ -591,7 +592,7 @@ class Runner:
         sep = continuation_sep(chat)
         items = st.ds.items
         titles = [st.ds.title(c) for c in cand]
-        conts = [self._tokens(cfg, c, sep) for c in cand]
+        conts = [self._tokens(cfg, t, sep) for t in titles]
         sel = self.pool(cfg).select(cfg.method, user, cfg.k, hist)
         history = [items[i].title for i in hist if items[i].has_title][-cfg.history_len :]
         window = cfg.max_prompt_tokens or lm.info.max_positions
@@ -625,16 +626,16 @@ class Runner:
             s = score_continuations(lm.model, prompt.input_ids, conts)
             rec["seconds"] = round(time.perf_counter() - t0, 4)
             t1 = time.perf_counter()
-            missing = [c for c in cand if (cfg.model, c) not in self._null]
+            missing = [t for t in dict.fromkeys(titles) if (cfg.model, t) not in self._null]
             if missing:
                 null = build_prompt(lm.tokenizer, null_prompt_parts(), chat=chat)
                 ns = score_continuations(
-                    lm.model, null.input_ids, [self._tokens(cfg, c, sep) for c in missing]
+                    lm.model, null.input_ids, [self._tokens(cfg, t, sep) for t in missing]
                 )
-                for c, v in zip(missing, ns.summed):
-                    self._null[(cfg.model, c)] = float(v)
+                for t, v in zip(missing, ns.summed):
+                    self._null[(cfg.model, t)] = float(v)
             rec["null_seconds"] = round(time.perf_counter() - t1, 4)
-        null_summed = np.array([self._null[(cfg.model, c)] for c in cand])
+        null_summed = np.array([self._null[(cfg.model, t)] for t in titles])
         var = variant_scores(s.summed, s.n_tokens, null_summed)
         rec["rank"] = {v: target_rank(var[v], cand, target, user, cfg.seed) for v in var}
         rec["title_tokens"] = s.n_tokens.tolist()

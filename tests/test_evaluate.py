@@ -177,3 +177,21 @@ def test_llm_record_contents(tmp_path, synthetic_root, model_dir) -> None:
                    mode="generate", max_new_tokens=8)
     )  # fmt: skip
     assert set(gen["metrics"]) == {"generated"} and 0 <= gen["parse_failure_rate"] <= 1
+
+
+def test_item_ids_shared_across_datasets_do_not_mix(tmp_path, synthetic_root, model_dir) -> None:
+    """Item ids repeat across datasets (integers); per-process caches must not confuse their titles."""
+    write_synthetic(
+        make_synthetic(n_users=30, n_items=60, seed=9, min_len=4, max_len=8),
+        synthetic_root / "ml-100k",
+        "ml-100k",
+    )
+    games = EvalConfig("amazon-games", "zero-shot", n_users=4, model=str(model_dir), n_candidates=10)
+    movies = EvalConfig("ml-100k", "zero-shot", n_users=4, model=str(model_dir), n_candidates=10)
+    both = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "both", data_dir=synthetic_root)
+    both.run(games)
+    both.run(movies)
+    alone = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "alone", data_dir=synthetic_root)
+    alone.run(movies)
+    for a, b in zip(both.records(movies), alone.records(movies)):
+        assert a["summed"] == b["summed"] and a["null"] == b["null"] and a["rank"] == b["rank"]
