@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--list-candidates", action="store_true", help="also list the candidates in the prompt")
     e.add_argument("--order", default="sampled", help=f"candidate order: {', '.join(ORDERS)}")
     e.add_argument("--mode", default="score", help=f"{' | '.join(MODES)}")
+    e.add_argument("--effect-pool", type=int, default=30, help="effect selectors: candidate demonstrations")
+    e.add_argument("--effect-users", type=int, default=20, help="effect-global: validation users averaged")
     e.add_argument("--max-prompt-tokens", type=int, default=None, help="context budget (default: model's)")
     e.add_argument("--results-dir", type=Path, default=None, help="root instead of results/ (tests)")
     e.add_argument(
@@ -71,6 +73,8 @@ def _evaluate(a: argparse.Namespace) -> int:
         mode=a.mode,
         similarity_pool=preset.similarity_pool,
         max_prompt_tokens=a.max_prompt_tokens,
+        effect_pool=a.effect_pool,
+        effect_users=a.effect_users,
     ).validate()
     runner = Runner(preset.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
     res = runner.run(cfg)

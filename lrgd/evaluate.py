@@ -32,7 +32,7 @@ from lrgd.config import get_profile, results_dir
 from lrgd.data import DATASETS, Dataset, Split, leave_one_out, load_dataset, sample_candidates
 from lrgd.errors import ConfigError, DataError
 from lrgd.results import write_json
-from lrgd.select import SELECTORS
+from lrgd.select import EFFECT_SELECTORS, SELECTORS
 
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 METHODS = SELECTORS + REFERENCES
@@ -181,6 +181,8 @@ class EvalConfig:
     similarity_pool: int = 2000
     max_prompt_tokens: int | None = None  # None: the model's context window
     max_new_tokens: int = 96  # generate mode
+    effect_pool: int = 30  # effect selectors: candidate demonstrations ranked by Effect_D
+    effect_users: int = 20  # effect-global: validation users whose Effect_D is averaged
 
     @property
     def llm(self) -> bool:
@@ -201,7 +203,7 @@ class EvalConfig:
             raise ConfigError(f"method 'zero-shot' uses no demonstrations; got k={self.k}. Use --k 0")
         if self.k > 0 and not self.llm:
             raise ConfigError(f"{self.method} is not an LLM method and takes no demonstrations; use --k 0")
-        if self.k == 0 and self.method in ("random", "recent", "similarity", "popular"):
+        if self.k == 0 and self.llm and self.method != "zero-shot":
             raise ConfigError(f"method {self.method!r} with k=0 is zero-shot; use --method zero-shot")
         for name, value, allowed in (
             ("split", self.split, SPLITS),
@@ -212,6 +214,11 @@ class EvalConfig:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.n_users is not None and self.n_users < 1:
             raise ConfigError(f"--users must be ≥ 1, got {self.n_users}")
+        if self.effect_pool < 1 or self.effect_users < 1:
+            raise ConfigError(
+                f"--effect-pool and --effect-users must be ≥ 1, "
+                f"got {self.effect_pool} and {self.effect_users}"
+            )
         if self.n_candidates < 2:
             raise ConfigError(f"need at least 2 candidates, got {self.n_candidates}")
         if self.history_len < 1:
@@ -327,6 +334,7 @@ class Runner:
         # (model, title) → summed log-prob after the null prompt
         self._null: dict[tuple[str, str], float] = {}
         self._token_cache: dict[tuple[str, str, str], list[int]] = {}  # (model, sep, title) → token ids
+        self._rankers: dict[tuple, object] = {}  # Effect_D rankers and global rankings
 
     # --------------------------------------------------------------------------- shared state
 
@@ -383,6 +391,25 @@ class Runner:
         elif cfg.method == "similarity" and st.pools[key].embedder is None:
             st.pools[key].embedder = self.embedder()
         return st.pools[key]
+
+    def effect_ranking(self, cfg: EvalConfig, user: str):
+        """The Effect_D ranking of candidate demonstrations for ``user`` (``effect``) or for everyone
+        (``effect-global``, over the last ``effect_users`` of the seeded validation-user order)."""
+        from lrgd.effect_select import EffectRanker
+
+        key = (cfg.dataset, cfg.model, cfg.history_len, cfg.seed, cfg.effect_pool)
+        if key not in self._rankers:
+            self._rankers[key] = EffectRanker(
+                self.lm(cfg.model), self.pool(cfg), cfg.effect_pool, seed=cfg.seed
+            )
+        ranker = self._rankers[key]
+        if cfg.method == "effect":
+            return ranker.for_user(user)
+        gkey = (*key, "global", cfg.effect_users)
+        if gkey not in self._rankers:
+            order, _ = self.eligible_users(cfg.dataset, "valid", cfg.seed)
+            self._rankers[gkey] = ranker.global_ranking(order[::-1][: cfg.effect_users])
+        return self._rankers[gkey]
 
     # --------------------------------------------------------------------------- users and candidates
 
@@ -443,6 +470,10 @@ class Runner:
                 max_new_tokens=cfg.max_new_tokens if cfg.mode == "generate" else 0,
             )
         )
+        if cfg.method not in EFFECT_SELECTORS:  # absent, not neutralised: earlier caches keep their keys
+            del keyed["effect_pool"], keyed["effect_users"]
+        elif cfg.method == "effect":
+            del keyed["effect_users"]
         keyed.update(data=st.fingerprint, version=RECORD_VERSION)
         if cfg.llm:
             keyed["model_id"] = self.model_id(cfg.model)
@@ -593,7 +624,8 @@ class Runner:
         items = st.ds.items
         titles = [st.ds.title(c) for c in cand]
         conts = [self._tokens(cfg, t, sep) for t in titles]
-        sel = self.pool(cfg).select(cfg.method, user, cfg.k, hist)
+        ranking = self.effect_ranking(cfg, user) if cfg.method in EFFECT_SELECTORS else None
+        sel = self.pool(cfg).select(cfg.method, user, cfg.k, hist, None if ranking is None else ranking.order)
         history = [items[i].title for i in hist if items[i].has_title][-cfg.history_len :]
         window = cfg.max_prompt_tokens or lm.info.max_positions
         sliding = getattr(lm.model.config.get_text_config(), "sliding_window", None)
@@ -612,6 +644,9 @@ class Runner:
             guarded=sel.guarded,
             fallback=sel.fallback,
         )
+        if ranking is not None:  # Effect_D of the chosen demonstrations, as ranked
+            chosen = {s: v for s, v in zip(ranking.order, ranking.scores)}
+            rec["effect"] = [round(chosen[s], 5) if s in chosen else None for s in sel.sources]
         with torch.inference_mode():
             if cfg.mode == "generate":
                 g = generate_and_parse(

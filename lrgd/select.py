@@ -17,7 +17,12 @@ comes from the evaluated user. Rejections are counted.
 ``similarity``  the pool users whose history is most similar to the evaluated user's (cosine of
                 all-MiniLM-L6-v2 embeddings, :mod:`lrgd.embed`); the pool is a seeded sample
 ``popular``     demonstrations whose next item is among the most popular training items (distinct)
+``effect``      candidates ranked by Effect_D on the user's validation item (chapter 3); the ranking is
+                computed by :class:`lrgd.effect_select.EffectRanker` and passed in as ``ranking``
+``effect-global``  the same ranked by Effect_D averaged over validation users, shared by every user
 ==============  =====================================================================================
+
+The Effect_D selectors fall back to random demonstrations (counted) when the guard leaves fewer than k.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import numpy as np
 from lrgd.errors import ConfigError, DataError
 from lrgd.prompts import Demonstration
 
-SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular")
+EFFECT_SELECTORS = ("effect", "effect-global")
+SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular", *EFFECT_SELECTORS)
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,19 @@ class DemoPool:
 
     # --------------------------------------------------------------------------- selectors
 
-    def select(self, method: str, user: str, k: int, query: Sequence[str] = ()) -> Selection:
-        """``k`` demonstrations for ``user`` by ``method``; ``query`` is the user's history (ids)."""
+    def select(
+        self,
+        method: str,
+        user: str,
+        k: int,
+        query: Sequence[str] = (),
+        ranking: Sequence[tuple[str, int]] | None = None,
+    ) -> Selection:
+        """``k`` demonstrations for ``user`` by ``method``; ``query`` is the user's history (ids).
+
+        ``ranking`` (pool user, cut) best first is what the Effect_D selectors take, from
+        :class:`lrgd.effect_select.EffectRanker`; ``None`` there means the user has no validation prompt
+        and the demonstrations are drawn at random (counted as fallbacks)."""
         if method not in SELECTORS:
             raise ConfigError(
                 f"unknown demonstration selector {method!r}; choose one of {', '.join(SELECTORS)}"
@@ -115,9 +132,11 @@ class DemoPool:
             stream = iter(self._popular_order)
         elif method == "recent":
             stream = self._recent_stream(user, query)
+        elif method in EFFECT_SELECTORS:
+            stream = iter(ranking or ())
         else:
             stream = self._similar_stream(query)
-        return self._take(user, k, held, stream, fill_random=method == "recent")
+        return self._take(user, k, held, stream, fill_random=method == "recent" or method in EFFECT_SELECTORS)
 
     def _take(self, user, k, held, stream, fill_random=False) -> Selection:
         demos, sources, guarded, seen = [], [], 0, set()

@@ -10,7 +10,7 @@ import pytest
 
 from lrgd.data import Dataset, leave_one_out, make_item
 from lrgd.errors import ConfigError
-from lrgd.select import SELECTORS, DemoPool
+from lrgd.select import EFFECT_SELECTORS, SELECTORS, DemoPool
 
 
 class HashEmbedder:
@@ -53,7 +53,9 @@ def test_no_selector_shows_the_users_future(pool: DemoPool, method: str) -> None
     guarded = 0
     for user in [u for u in split.test if int(u[1:]) % 2 == 0]:
         held = {split.valid[user][1], split.test[user][1]}
-        sel = pool.select(method, user, 3, split.test[user][0])
+        # the Effect_D selectors rank what they are given: here every pool user, leaky ones included
+        ranking = [(u, len(split.train[u]) - 1) for u in pool.users] if method in EFFECT_SELECTORS else None
+        sel = pool.select(method, user, 3, split.test[user][0], ranking)
         assert len(sel.demos) == 3
         for d, (src, _cut) in zip(sel.demos, sel.sources):
             assert src != user
@@ -61,7 +63,7 @@ def test_no_selector_shows_the_users_future(pool: DemoPool, method: str) -> None
             assert not shown & {titles[i] for i in held}, (method, user, d)
         guarded += sel.guarded
     # sources end their training part with "6" (held out by the even users) or contain it: some were refused
-    if method in ("recent", "popular", "similarity"):
+    if method in ("recent", "popular", "similarity", *EFFECT_SELECTORS):
         assert guarded > 0
 
 
@@ -87,6 +89,15 @@ def test_recent_is_anchored_on_the_last_item_and_falls_back(pool: DemoPool) -> N
     # every demonstration anchored on item 5 shows item 6 (held out): all refused, random fills in
     only5 = pool.select("recent", user, 2, ["5"])
     assert len(only5.demos) == 2 and only5.fallback == 2 and only5.guarded > 0
+
+
+def test_effect_selectors_follow_the_ranking_and_fall_back_without_one(pool: DemoPool) -> None:
+    user, hist = "u1", pool.split.test["u1"][0]
+    ranking = [(u, len(pool.split.train[u]) - 1) for u in reversed(pool.users) if u != user]
+    sel = pool.select("effect", user, 2, hist, ranking)
+    assert sel.sources == tuple(ranking[:2]) and sel.fallback == 0
+    none = pool.select("effect-global", user, 2, hist, None)  # no validation prompt: random, counted
+    assert len(none.demos) == 2 and none.fallback == 2
 
 
 def test_popular_prefers_popular_next_items(pool: DemoPool) -> None:
