@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from lrgd.data import leave_one_out, load_dataset
-from lrgd.effect import demo_state, demo_tokens, effect_d, loss_with_demo, slot_prompt, user_state
+from lrgd.effect import demo_state, demo_tokens, effect_matrix, loss_with_demo, slot_prompt, user_state
 from lrgd.llm import load_model
 from lrgd.prompts import prompt_parts, random_demonstrations, titled
 
@@ -57,7 +57,7 @@ def effect_path(lm, dids, sps, counter):
     t0 = time.perf_counter()
     d_states = [demo_state(lm.model, sps[0], d) for d in dids]
     u_states = [user_state(lm.model, s) for s in sps]
-    scores = np.array([[effect_d(a, b) for b in u_states] for a in d_states])
+    scores = effect_matrix(d_states, u_states).numpy()  # tensor products only, batched over demos
     passes = counter.n - start + len(sps)  # + one backward per user
     return scores, passes, time.perf_counter() - t0
 

@@ -411,6 +411,21 @@ class Runner:
             self._rankers[gkey] = ranker.global_ranking(order[::-1][: cfg.effect_users])
         return self._rankers[gkey]
 
+    def validation_variant(
+        self, model: str, seed: int = 0, metric: str = "NDCG@10"
+    ) -> tuple[str, dict, dict]:
+        """(variant, pooled ``metric`` per variant, results per dataset): the score variant chosen on the
+        preset's validation users, zero-shot, pooled over ``preset.valid_datasets`` (never on test users)."""
+        p = self.preset
+        valid = {
+            name: self.run(
+                EvalConfig(name, "zero-shot", split="valid", n_users=p.n_valid_users, model=model, seed=seed)
+            )
+            for name in p.valid_datasets
+        }
+        variant, pooled = choose_variant(list(valid.values()), metric)
+        return variant, pooled, valid
+
     # --------------------------------------------------------------------------- users and candidates
 
     def eligible_users(self, dataset: str, split: str, seed: int = 0) -> tuple[list[str], dict[str, int]]:

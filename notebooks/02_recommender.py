@@ -51,7 +51,6 @@ from lrgd.data import DATASETS
 from lrgd.evaluate import (
     EvalConfig,
     Runner,
-    choose_variant,
     expected_random_metrics,
     get_preset,
     metric_values,
@@ -192,11 +191,7 @@ print(f"separate = joint tokenisation in {agree}/{checked} (user, candidate) pai
 # `ci`, all four at `full`), and then fixed for every test table.
 
 # %%
-valid = {
-    name: runner.run(cfg(name, "zero-shot", split="valid", n_users=P.n_valid_users))
-    for name in P.valid_datasets
-}
-variant, pooled = choose_variant(list(valid.values()))
+variant, pooled, valid = runner.validation_variant(model, seed)
 vt = pd.DataFrame(
     {name: {v: r["metrics"][v]["NDCG@10"]["mean"] for v in r["metrics"]} for name, r in valid.items()}
 ).T

@@ -58,6 +58,10 @@ dataset = "amazon-games"  # the real data of §3.4
 seed = 0
 n_demos = None  # real-LLM demonstrations M (None: 10 at ci, 25 at full, 50 at gpu)
 n_users = None  # real-LLM users N (None: as n_demos)
+n_select_users = None  # §3.5 held-out test users (None: chapter 2's preset, 20 at ci, 500 at full)
+effect_pool = (
+    None  # §3.5 candidate demonstrations ranked by Effect_D (None: 30 at ci, 100 at full, 300 at gpu)
+)
 
 # %%
 import matplotlib.pyplot as plt
@@ -372,6 +376,110 @@ check(
 # tighter intervals, `model=gemma3-270m` for a second model, and a larger model on a GPU
 # (`profile=gpu`, `model=/path/to/model`) for the regime where demonstrations help.
 #
+# ## 3.5 Choosing demonstrations by Effect_D for held-out users
+#
+# What Effect_D is for is choosing demonstrations. Here it chooses them for chapter 2's recommender,
+# with chapter 2's runner, candidates, score variant and metrics, on test users of the dataset:
+#
+# * **Effect_D per user** (`python -m lrgd evaluate --method effect`): one forward and one backward pass
+#   of the user's *validation* prompt (training history → second-to-last item) gives $\partial L_u/\partial o$;
+#   Effect_D then ranks a fixed pool of $M$ candidate demonstrations (other users' final training
+#   transitions, their keys and values computed once) and the best $k = 2$ that pass the leakage guard
+#   go into the test prompt. The test item is never used to choose.
+# * **Effect_D global** (`--method effect-global`): Effect_D averaged over validation users, one ranking
+#   for every test user.
+#
+# Both take $\partial L_u/\partial o$ over the target title's positions (`lrgd.effect_select`): the cheap
+# choice, and the better predictor in §3.4's ablation, whose users are not these. They are compared with
+# zero-shot, random and similarity demonstrations (chapter 2's selectors) on the same users and candidates.
+
+# %%
+from lrgd.evaluate import EvalConfig, Runner, get_preset, metric_values, paired_bootstrap
+
+P = get_preset(cfg.name)
+runner = Runner(P.name, dev, quiet=True)
+n_select_users = n_select_users or P.n_users
+effect_pool = effect_pool or {"ci": 30, "full": 100, "gpu": 300}[cfg.name]
+variant, _, _ = runner.validation_variant(model, seed)
+
+
+def sel_cfg(method: str, k: int = 2) -> EvalConfig:
+    """One chapter-2 condition on this section's users (zero-shot takes k = 0)."""
+    return EvalConfig(
+        dataset, method, k, n_users=n_select_users, model=model, seed=seed,
+        similarity_pool=P.similarity_pool, effect_pool=effect_pool, effect_users=P.n_valid_users,
+    )  # fmt: skip
+
+
+conditions = {
+    "zero-shot": sel_cfg("zero-shot", 0),
+    "random k=2": sel_cfg("random"),
+    "similarity k=2": sel_cfg("similarity"),
+    "Effect_D per user k=2": sel_cfg("effect"),
+    "Effect_D global k=2": sel_cfg("effect-global"),
+}
+sel_res = {name: runner.run(c) for name, c in conditions.items()}
+print(
+    f"{dataset}: {n_select_users} test users, {P.n_valid_users} validation users for the global ranking, "
+    f"M = {effect_pool} candidate demonstrations; score variant {variant} (chosen on validation users)"
+)
+rows = {}
+for name, r in sel_res.items():
+    m = r["metrics"][variant]
+    rows[name] = {
+        metric: f"{m[metric]['mean']:.3f} [{m[metric]['lo']:.2f}, {m[metric]['hi']:.2f}]"
+        for metric in ("NDCG@10", "HR@10", "MRR")
+    }
+    rows[name]["fallback demos"] = r.get("fallback_demos", 0)
+display(pd.DataFrame(rows).T)
+
+# %%
+pairs = [
+    ("Effect_D per user k=2", "random k=2"),
+    ("Effect_D per user k=2", "zero-shot"),
+    ("Effect_D per user k=2", "similarity k=2"),
+    ("Effect_D global k=2", "random k=2"),
+    ("Effect_D global k=2", "zero-shot"),
+]
+diffs = {}
+for a, b in pairs:
+    d = paired_bootstrap(
+        metric_values(sel_res[a], variant, "NDCG@10"),
+        metric_values(sel_res[b], variant, "NDCG@10"),
+        P.n_boot,
+        seed,
+    )
+    diffs[f"{a} − {b}"] = d
+diff_table = pd.DataFrame(diffs).T.rename(columns={"diff": "ΔNDCG@10", "lo": "CI low", "hi": "CI high"})
+display(diff_table.round(3))
+fig, ax = plt.subplots(figsize=(7.2, 3.2))
+names = list(sel_res)
+means = [sel_res[n]["metrics"][variant]["NDCG@10"]["mean"] for n in names]
+err = np.array(
+    [[means[i] - sel_res[n]["metrics"][variant]["NDCG@10"][e] for e in ("lo",)]
+     + [sel_res[n]["metrics"][variant]["NDCG@10"]["hi"] - means[i]] for i, n in enumerate(names)]
+).T  # fmt: skip
+ax.barh(names[::-1], means[::-1], xerr=err[:, ::-1], color=["C2", "C2", "C1", "C1", "C0"], capsize=3)
+ax.set(
+    xlabel=f"NDCG@10 ({variant} score), 95% CI", title=f"{model}, {dataset}: who chooses the demonstrations"
+)
+fig.tight_layout()
+plt.show()
+
+# %%
+# the leakage guard, re-checked on what was actually put into the prompts
+sel_pool = runner.pool(conditions["Effect_D per user k=2"])
+leaked = 0
+for name in ("Effect_D per user k=2", "Effect_D global k=2"):
+    for rec in runner.records(conditions[name]):
+        held = sel_pool.held_out(rec["user"])
+        for src, cut in rec["demo_sources"]:
+            leaked += bool(held & set(sel_pool.make(src, cut)[1]))
+check("Effect_D selection: demonstrations showing a test user's held-out item", leaked, 0)
+
+# %% [markdown]
+# **Reading.** SELECTION_READING
+#
 # ## Summary of this chapter's checks
 
 # %%
@@ -386,6 +494,14 @@ result = {
         "dataset": dataset,
         "pairs": int(G.size),
         "spearman": abl.round(4).to_dict(),
+    },
+    "selection": {
+        "dataset": dataset,
+        "variant": variant,
+        "users": n_select_users,
+        "effect_pool": effect_pool,
+        "ndcg10": {n: r["metrics"][variant]["NDCG@10"] for n, r in sel_res.items()},
+        "paired": diffs,
     },
     "provenance": prov.finish().as_dict(),
 }
