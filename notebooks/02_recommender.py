@@ -79,6 +79,13 @@ def cfg(dataset: str, method: str, k: int = 0, **kw) -> EvalConfig:
     return EvalConfig(dataset, method, k, model=model, seed=seed, similarity_pool=P.similarity_pool, **kw)
 
 
+def ndcg_diff(a: dict, b: dict, var_a: str | None = None, var_b: str | None = None) -> dict:
+    """Paired bootstrap of per-user NDCG@10, result ``a`` minus result ``b`` (same users and candidates);
+    LLM results are read with the score variant chosen in §2.3, references with ``"score"``."""
+    va, vb = var_a or variant, var_b or variant
+    return paired_bootstrap(metric_values(a, va, "NDCG@10"), metric_values(b, vb, "NDCG@10"), P.n_boot, seed)
+
+
 # %% [markdown]
 # ## 2.1 The data
 #
@@ -292,12 +299,7 @@ for name in P.table_datasets:
     best_ref = max(refs, key=lambda m: results[name, m]["metrics"]["score"]["NDCG@10"]["mean"])
     pairs = [(m, "zero-shot") for m in llm_ran[name] if m != "zero-shot"] + [(best_llm, best_ref)]
     for a, b in pairs:
-        d = paired_bootstrap(
-            metric_values(results[name, a], var_of(a), "NDCG@10"),
-            metric_values(results[name, b], var_of(b), "NDCG@10"),
-            P.n_boot,
-            seed,
-        )
+        d = ndcg_diff(results[name, a], results[name, b], var_of(a), var_of(b))
         rows.append(
             {
                 "dataset": name,
@@ -405,14 +407,9 @@ kc = pd.DataFrame(
 ).T
 kc.index.name = "k"
 print(kc.round(3).to_string())
-d = paired_bootstrap(
-    metric_values(curve[max(P.curve_ks)], variant, "NDCG@10"),
-    metric_values(curve[0], variant, "NDCG@10"),
-    P.n_boot,
-    seed,
-)
+dk = ndcg_diff(curve[max(P.curve_ks)], curve[0])
 print(
-    f"k={max(P.curve_ks)} − k=0: ΔNDCG@10 {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], p={d['p']:.2f}"
+    f"k={max(P.curve_ks)} − k=0: ΔNDCG@10 {dk['diff']:+.3f} [{dk['lo']:+.3f}, {dk['hi']:+.3f}], p={dk['p']:.2f}"
 )
 
 # %% [markdown]
@@ -478,15 +475,10 @@ print(pd.DataFrame(bias_rows).T.round(3).to_string())
 a_, b_ = items["listed, sampled order"], items["listed, reversed order"]
 same_top = np.mean([max(u, key=lambda i: u[i][1]) == max(w, key=lambda i: w[i][1]) for u, w in zip(a_, b_)])
 rho = np.mean([spearmanr([u[i][1] for i in u], [w[i][1] for i in u]).statistic for u, w in zip(a_, b_)])
-d = paired_bootstrap(
-    metric_values(res["listed, sampled order"], variant, "NDCG@10"),
-    metric_values(res["not listed"], variant, "NDCG@10"),
-    P.n_boot,
-    seed,
-)
+dl = ndcg_diff(res["listed, sampled order"], res["not listed"])
 print(
     f"listed, sampled vs reversed order: same top item for {same_top:.2f} of users, mean Spearman of the "
-    f"scores {rho:.2f}\nlisted − not listed: ΔNDCG@10 {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] over {nb} "
+    f"scores {rho:.2f}\nlisted − not listed: ΔNDCG@10 {dl['diff']:+.3f} [{dl['lo']:+.3f}, {dl['hi']:+.3f}] over {nb} "
     f"users of {P.bias_dataset}; with no position effect each 5-position block would hold 0.25 of the top picks"
 )
 
@@ -539,39 +531,17 @@ print(
 for n in P.table_datasets:
     for m in llm_ran[n]:
         if m != "zero-shot":
-            d = paired_bootstrap(
-                metric_values(results[n, m], variant, "NDCG@10"),
-                metric_values(results[n, "zero-shot"], variant, "NDCG@10"),
-                P.n_boot,
-                seed,
-            )
+            d = ndcg_diff(results[n, m], results[n, "zero-shot"])
             print(
                 f"3. {n}, {m} k={P.table_k} vs zero-shot: {verdict(d)} (ΔNDCG@10 {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}])"
             )
     best_ref = max(refs, key=lambda m: results[n, m]["metrics"]["score"]["NDCG@10"]["mean"])
     best_llm = max(llm_ran[n], key=lambda m: results[n, m]["metrics"][variant]["NDCG@10"]["mean"])
-    d = paired_bootstrap(
-        metric_values(results[n, best_llm], variant, "NDCG@10"),
-        metric_values(results[n, best_ref], "score", "NDCG@10"),
-        P.n_boot,
-        seed,
-    )
+    d = ndcg_diff(results[n, best_llm], results[n, best_ref], variant, "score")
     print(
         f"4. {n}: best LLM ({best_llm}) vs best reference ({best_ref}): {verdict(d)} (ΔNDCG@10 {d['diff']:+.3f})"
     )
-dk = paired_bootstrap(
-    metric_values(curve[max(P.curve_ks)], variant, "NDCG@10"),
-    metric_values(curve[0], variant, "NDCG@10"),
-    P.n_boot,
-    seed,
-)
 print(f"5. {P.curve_dataset}, k={max(P.curve_ks)} vs k=0: {verdict(dk)}")
-dl = paired_bootstrap(
-    metric_values(res["listed, sampled order"], variant, "NDCG@10"),
-    metric_values(res["not listed"], variant, "NDCG@10"),
-    P.n_boot,
-    seed,
-)
 print(
     f"6. listing the candidates in the prompt vs not: {verdict(dl)} (ΔNDCG@10 {dl['diff']:+.3f}); same top item after reversing the list for {same_top:.2f} of users"
 )
