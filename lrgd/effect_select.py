@@ -98,20 +98,19 @@ class EffectRanker:
         order = sorted(range(len(scores)), key=lambda j: (-float(scores[j]), j))
         return EffectRanking(tuple(self.sources[j] for j in order), tuple(float(scores[j]) for j in order))
 
+    def _validation_prompt(self, user: str) -> fx.SlotPrompt | None:
+        valid = self.pool.split.valid.get(user)
+        return None if valid is None else self.slot_prompt(*valid)
+
     def for_user(self, user: str) -> EffectRanking | None:
         """Candidates ranked by Effect_D on ``user``'s validation item (``None``: no validation prompt)."""
-        if user not in self.pool.split.valid:
-            return None
-        sp = self.slot_prompt(*self.pool.split.valid[user])
+        sp = self._validation_prompt(user)
         return None if sp is None else self._ranking(self.effects(sp))
 
     def global_ranking(self, users: Sequence[str]) -> EffectRanking:
         """Candidates ranked by mean Effect_D over the validation items of ``users``."""
-        rows = []
-        for u in users:
-            sp = self.slot_prompt(*self.pool.split.valid[u]) if u in self.pool.split.valid else None
-            if sp is not None:
-                rows.append(self.effects(sp))
+        prompts = [sp for sp in map(self._validation_prompt, users) if sp is not None]
+        rows = [self.effects(sp) for sp in prompts]
         if not rows:
             raise ConfigError("no validation user has a titled history and target; cannot rank globally")
         return self._ranking(np.mean(rows, axis=0))

@@ -334,7 +334,8 @@ class Runner:
         # (model, title) → summed log-prob after the null prompt
         self._null: dict[tuple[str, str], float] = {}
         self._token_cache: dict[tuple[str, str, str], list[int]] = {}  # (model, sep, title) → token ids
-        self._rankers: dict[tuple, object] = {}  # Effect_D rankers and global rankings
+        self._rankers: dict[tuple, object] = {}  # Effect_D rankers, per (dataset, model, h, seed, M)
+        self._global: dict[tuple, object] = {}  # their global rankings, per ranker key and effect_users
 
     # --------------------------------------------------------------------------- shared state
 
@@ -405,11 +406,11 @@ class Runner:
         ranker = self._rankers[key]
         if cfg.method == "effect":
             return ranker.for_user(user)
-        gkey = (*key, "global", cfg.effect_users)
-        if gkey not in self._rankers:
+        gkey = (*key, cfg.effect_users)
+        if gkey not in self._global:
             order, _ = self.eligible_users(cfg.dataset, "valid", cfg.seed)
-            self._rankers[gkey] = ranker.global_ranking(order[::-1][: cfg.effect_users])
-        return self._rankers[gkey]
+            self._global[gkey] = ranker.global_ranking(order[::-1][: cfg.effect_users])
+        return self._global[gkey]
 
     def validation_variant(
         self, model: str, seed: int = 0, metric: str = "NDCG@10"
