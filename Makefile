@@ -20,7 +20,7 @@ SEED   ?= 0
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
-LIB      := $(wildcard lrgd/*.py)
+LIB      := $(shell find lrgd -name "*.py")
 PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p seed $(SEED)
 STAMP    := $(VENV)/.installed
 

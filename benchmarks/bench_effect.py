@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from lrgd.data import leave_one_out, load_dataset
-from lrgd.effect import demo_state, demo_tokens, effect_matrix, loss_with_demo, slot_prompt, user_state
+from lrgd.demos.effect import demo_state, demo_tokens, effect_matrix, loss_with_demo, slot_prompt, user_state
 from lrgd.llm import load_model
-from lrgd.prompts import prompt_parts, random_demonstrations, titled
+from lrgd.rec.data import leave_one_out, load_dataset
+from lrgd.rec.prompts import prompt_parts, random_demonstrations, titled
 
 
 class PassCounter:

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from lrgd.data import leave_one_out, load_dataset
-from lrgd.equivalence import split_at
+from lrgd.dual.equivalence import split_at
 from lrgd.llm import forward_captured, load_model
-from lrgd.prompts import build_prompt, user_prompt_parts
+from lrgd.rec.data import leave_one_out, load_dataset
+from lrgd.rec.prompts import build_prompt, user_prompt_parts
 
 
 def best_of(fn, repeats: int) -> float:

@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from lrgd.data import leave_one_out, load_dataset, sample_candidates
 from lrgd.llm import load_model
-from lrgd.prompts import build_prompt, prompt_parts, random_demonstrations, titled
-from lrgd.rank import continuation_ids, continuation_sep, score_continuations, score_naive
+from lrgd.rec.data import leave_one_out, load_dataset, sample_candidates
+from lrgd.rec.prompts import build_prompt, prompt_parts, random_demonstrations, titled
+from lrgd.rec.rank import continuation_ids, continuation_sep, score_continuations, score_naive
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:

@@ -21,8 +21,8 @@ from lrgd.errors import LRGDError
 
 def _parser() -> argparse.ArgumentParser:
     from lrgd.config import PROFILES
-    from lrgd.data import DATASETS
-    from lrgd.evaluate import METHODS, MODES, ORDERS, SPLITS
+    from lrgd.rec.data import DATASETS
+    from lrgd.rec.evaluate import METHODS, MODES, ORDERS, SPLITS
 
     p = argparse.ArgumentParser(prog="python -m lrgd", description="LRGD companion command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from lrgd.evaluate import EvalConfig, Runner, get_preset
+    from lrgd.config import get_profile
+    from lrgd.rec.evaluate import EvalConfig, Runner
 
-    preset = get_preset(a.profile)
+    profile = get_profile(a.profile)
+    preset = profile.eval
     n_users = None if a.all_users else (a.users if a.users is not None else preset.n_users)
     cfg = EvalConfig(
         dataset=a.dataset,
@@ -76,7 +78,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         effect_pool=a.effect_pool,
         effect_users=a.effect_users,
     ).validate()
-    runner = Runner(preset.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
+    runner = Runner(profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
     res = runner.run(cfg)
     print(
         f"{cfg.dataset} · {cfg.name} · {res['n_users']} users · "

@@ -1,6 +1,22 @@
-"""Configuration: profiles, devices, and the *only* place that reads environment variables.
+"""Configuration: one :class:`Profile` per size, devices, and the *only* reader of environment variables.
 
-Environment variables (all optional):
+A profile (``ci`` | ``full`` | ``gpu``) holds one frozen section per concern, each a dataclass with
+commented defaults:
+
+==================  ==========================================================================
+``.equivalence``    chapter 1: random-weight checks, random features, real-LLM prompts
+``.regression``     testbed A (in-context regression): task sizes and the LSA training schedule
+``.world``          testbed B (the recommendation world): its generative knobs and prompt shape
+``.decoder``        the tiny RoPE decoder trained on testbed B: width, depth, schedule
+``.eval``           chapter 2's recommender evaluation: users, datasets, conditions
+``.effect``         chapter 3's Effect_D experiments: demonstrations, users, candidate pools
+==================  ==========================================================================
+
+Modules take their section as an argument; no module or notebook holds a size table. A parameter
+travels one way: notebook ``parameters`` cell → :func:`get_profile` (and :meth:`Profile.section` for
+explicit overrides) → library → model/data.
+
+Environment variables (all optional; read here and nowhere else):
 
 ``LRGD_DATA_DIR``
     Folder holding one sub-folder per dataset (``amazon-games/`` ...). Searched first.
@@ -9,15 +25,16 @@ Environment variables (all optional):
     (default ``~/.cache/lrgd``, or ``$XDG_CACHE_HOME/lrgd``).
 ``LRGD_PROFILE``
     Default profile when a caller passes none (``ci`` unless set).
-
-A parameter travels one way: notebook ``parameters`` cell → :func:`get_profile` → runner → model/data.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from lrgd.errors import ConfigError, DataError
 
@@ -27,36 +44,258 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The repository root (the folder holding ``lrgd/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: special tokens of testbed B's vocabulary (``<bos> <sep> -> <query>``) come before the items
+N_WORLD_SPECIALS = 4
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class EquivalenceSizes:
+    """Chapter 1: the dual model's checks."""
+
+    n_random_trials: int = 20  # random-weight checks per equivalence test
+    feature_counts: tuple[int, ...] = (16, 64, 256, 1024, 4096)  # random-feature sizes for the kernel plot
+    n_feature_seeds: int = 8  # seeds averaged per feature count
+    n_prompts: int = 4  # real-LLM prompts (users) for the Δo study
+    n_candidates: int = 20  # candidates listed in a real prompt
+    n_demos: int = 2  # demonstrations in a real prompt
+
+    def validate(self) -> EquivalenceSizes:
+        if min(self.n_random_trials, self.n_feature_seeds, self.n_prompts, self.n_candidates) < 1:
+            raise ConfigError("equivalence sizes (trials, seeds, prompts, candidates) must be ≥ 1")
+        return self
+
+
+@dataclass(frozen=True)
+class RegressionSizes:
+    """Testbed A: task sizes and the training schedule of the LSA models."""
+
+    dim: int = 10
+    n_ctx: int = 10  # context size N used in training
+    noise: float = 0.0
+    key_dim: int = 12  # width of W_Q, W_K (even, ≥ dim + 1)
+    wide_key_dim: int = 44  # a wider head for the RoPE variant (room for slow rotation pairs)
+    depths: tuple[int, ...] = (1, 2)
+    steps: int = 3000  # depth 1
+    deep_steps: int = 5000  # depth ≥ 2 (deeper LSAs leave a plateau slowly)
+    deep_lr: float = 2e-3
+    batch: int = 128
+    lr: float = 2e-3
+    eval_tasks: int = 2000
+    eval_ns: tuple[int, ...] = (2, 4, 6, 8, 10, 14, 20, 30, 40)
+    threads: int = 1
+
+    def validate(self) -> RegressionSizes:
+        if self.key_dim % 2 or self.wide_key_dim % 2 or self.key_dim < self.dim + 1:
+            raise ConfigError(
+                f"key_dim={self.key_dim} must be even and ≥ dim + 1 = {self.dim + 1} (RoPE rotates pairs)"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Testbed B: sizes and knobs of the world, Eq. (B1) of :mod:`lrgd.testbeds.recworld`."""
+
+    n_items: int = 96
+    n_clusters: int = 2
+    groups_per_cluster: int = 6
+    latent_dim: int = 8
+    temperature: float = 0.7
+    cluster_scale: float = 1.0
+    group_spread: float = 2.0
+    popularity: float = 0.5
+    history_specificity: float = 0.2  # 1: history items follow the user's own taste; 0: only its cluster's
+    user_noise: float = 0.0
+    drift: float = 0.0
+    history_len: int = 3  # query user's items
+    demo_history_len: int = 4  # a demonstration's history (its next item follows)
+    n_candidates: int = 20
+    kind_probs: tuple[float, float, float] = (0.6, 0.2, 0.2)  # same, other, corrupted (training prior)
+    k_max: int = 6
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_clusters * self.groups_per_cluster
+
+    @property
+    def vocab_size(self) -> int:
+        return N_WORLD_SPECIALS + self.n_items
+
+    def seq_len(self, k: int) -> int:
+        """Tokens of a prompt with ``k`` demonstrations: BOS, k × (history → next SEP), QUERY history →."""
+        return 1 + k * (self.demo_history_len + 3) + 1 + self.history_len + 1
+
+    def validate(self) -> WorldConfig:
+        if self.n_groups < 2:
+            raise ConfigError("a world needs at least 2 groups (n_clusters × groups_per_cluster ≥ 2)")
+        if self.n_candidates < 2 or self.n_candidates > self.n_items:
+            raise ConfigError(f"n_candidates={self.n_candidates} must lie in 2..n_items={self.n_items}")
+        if self.history_len < 1 or self.demo_history_len < 1:
+            raise ConfigError("history_len and demo_history_len must be ≥ 1")
+        p = np.asarray(self.kind_probs, dtype=float)
+        if p.shape != (3,) or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-9):
+            raise ConfigError(f"kind_probs={self.kind_probs} must be 3 non-negative numbers summing to 1")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class DecoderSizes:
+    """Width, depth and training schedule of the tiny decoder trained on testbed B."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    rope_theta: float = 10000.0
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    threads: int = 1  # torch CPU threads while training (restored afterwards); 1 is robust on busy CPUs
+    eval_queries: int = 1000  # query users in the ICL sweep (not part of the weight-cache key)
+    dual_prompts: int = 8  # prompts for the chapter-1 dual checks (not part of the key)
+
+    def validate(self) -> DecoderSizes:
+        if self.heads % self.kv_heads or self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ConfigError(
+                f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads} and divide "
+                f"hidden={self.hidden} into an even head dimension (RoPE rotates pairs)"
+            )
+        return self
+
+
+_TABLE = ("amazon-beauty", "amazon-toys", "amazon-games", "ml-100k")
+_ALL_SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular")
+
+
+@dataclass(frozen=True)
+class EvalSizes:
+    """Chapter 2: the recommender evaluation.
+
+    ``ci`` is cut to fit one first execution of the chapter in about 5 minutes on 2 CPU cores: 20 users
+    per dataset, demonstrations (k > 0) only on the two datasets with short titles (``icl_datasets``),
+    the variant chosen on two datasets, the k curve and the position check on fewer users (the first
+    users of the table's sample, so their k = 0 and k = 2 runs are read from the table's cache).
+    """
+
+    n_users: int | None = 20  # test users per dataset (None: all)
+    n_valid_users: int | None = 20  # validation users per dataset, to choose the score variant
+    valid_datasets: tuple[str, ...] = ("amazon-games", "ml-100k")  # where the variant is chosen (pooled)
+    similarity_pool: int = 300  # pool users embedded for the similarity selector
+    table_datasets: tuple[str, ...] = _TABLE
+    table_methods: tuple[str, ...] = ("zero-shot", "random", "similarity")  # LLM selectors in the table
+    icl_datasets: tuple[str, ...] = ("amazon-games", "ml-100k")  # datasets where the k > 0 selectors run
+    table_k: int = 2
+    curve_dataset: str = "amazon-games"
+    curve_method: str = "random"
+    curve_ks: tuple[int, ...] = (0, 1, 2, 4)
+    curve_users: int | None = 10
+    bias_dataset: str = "amazon-games"
+    bias_users: int | None = 10
+    generate_users: int = 3
+    n_boot: int = 2000  # bootstrap resamples per confidence interval
+
+    def validate(self) -> EvalSizes:
+        for name in ("n_users", "n_valid_users", "curve_users", "bias_users"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"eval.{name} must be ≥ 1 or None (all), got {v}")
+        if self.n_boot < 100:
+            raise ConfigError(f"eval.n_boot must be ≥ 100 for a 95% interval, got {self.n_boot}")
+        return self
+
+
+@dataclass(frozen=True)
+class EffectSizes:
+    """Chapter 3: Effect_D on testbed B and on a real LLM."""
+
+    n_demos: int = 10  # §3.4: candidate demonstrations on the real LLM (pairs = n_demos × n_users)
+    n_users: int = 10  # §3.4: users on the real LLM
+    testbed_queries: int = 200  # §3.2–3.3: query users of testbed B
+    testbed_pool: int = 24  # §3.2–3.3: candidate demonstrations of testbed B
+    select_pool: int = 30  # §3.5: candidate demonstrations ranked by Effect_D per dataset (M)
+
+    def validate(self) -> EffectSizes:
+        if min(self.n_demos, self.n_users, self.testbed_queries, self.testbed_pool, self.select_pool) < 1:
+            raise ConfigError("effect sizes must all be ≥ 1")
+        return self
+
+
+SECTIONS = ("equivalence", "regression", "world", "decoder", "eval", "effect")
+
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes shared by the notebooks. ``ci`` runs in minutes on 2 CPU cores."""
+    """All sizes of one profile, one frozen section per concern (see the module docstring)."""
 
     name: str
-    n_random_trials: int  # random-weight checks per equivalence test
-    feature_counts: tuple[int, ...]  # random-feature sizes for the kernel plot
-    n_feature_seeds: int  # seeds averaged per feature count
-    n_prompts: int  # real-LLM prompts (users) for the Δo study
-    n_candidates: int  # candidates listed in a real prompt
-    n_demos: int  # demonstrations in a real prompt
+    equivalence: EquivalenceSizes = EquivalenceSizes()
+    regression: RegressionSizes = RegressionSizes()
+    world: WorldConfig = WorldConfig()
+    decoder: DecoderSizes = DecoderSizes()
+    eval: EvalSizes = EvalSizes()
+    effect: EffectSizes = EffectSizes()
+
+    def section(self, name: str, **overrides):
+        """Section ``name`` with ``overrides`` applied and validated (a :class:`ConfigError` names an
+        unknown section or field and lists the valid ones)."""
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown profile section {name!r}; choose one of {', '.join(SECTIONS)}")
+        sec = getattr(self, name)
+        valid = {f.name for f in fields(sec)}
+        bad = set(overrides) - valid
+        if bad:
+            raise ConfigError(f"unknown {name} option(s) {sorted(bad)}; valid: {sorted(valid)}")
+        return replace(sec, **overrides).validate()
 
 
-_PRESETS = {
-    "ci": Profile("ci", 20, (16, 64, 256, 1024, 4096), 8, 4, 20, 2),
-    "full": Profile("full", 200, (16, 32, 64, 128, 256, 512, 1024, 2048, 4096), 32, 32, 20, 2),
-    "gpu": Profile("gpu", 200, (16, 32, 64, 128, 256, 512, 1024, 2048, 4096), 32, 128, 20, 2),
-}
+_FULL_FEATURES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_PROFILES = {
+    "ci": Profile("ci"),
+    "full": Profile(
+        "full",
+        equivalence=EquivalenceSizes(200, _FULL_FEATURES, 32, 32, 20, 2),
+        regression=RegressionSizes(depths=(1, 2, 3), steps=8000, deep_steps=20000, deep_lr=1e-3,
+                                   eval_tasks=8000),
+        decoder=DecoderSizes(hidden=96, layers=3, heads=6, kv_heads=2, intermediate=256, steps=12000,
+                             eval_queries=4000, dual_prompts=32),
+        eval=EvalSizes(n_users=500, n_valid_users=200, valid_datasets=_TABLE, similarity_pool=5000,
+                       table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
+                       curve_users=500, bias_users=200, generate_users=50),
+        effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
+    ),
+    "gpu": Profile(
+        "gpu",
+        equivalence=EquivalenceSizes(200, _FULL_FEATURES, 32, 128, 20, 2),
+        regression=RegressionSizes(depths=(1, 2, 3), steps=10000, deep_steps=30000, deep_lr=1e-3, batch=512,
+                                   eval_tasks=20000),
+        world=WorldConfig(n_items=192, n_clusters=6, groups_per_cluster=4, latent_dim=12, k_max=8),
+        decoder=DecoderSizes(hidden=256, layers=4, heads=8, kv_heads=4, intermediate=768, steps=30000,
+                             batch=256, eval_queries=10000, dual_prompts=64),
+        eval=EvalSizes(n_users=None, n_valid_users=1000, valid_datasets=_TABLE, similarity_pool=50000,
+                       table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
+                       curve_ks=(0, 1, 2, 4, 8), curve_users=5000, bias_users=2000, generate_users=500),
+        effect=EffectSizes(n_demos=50, n_users=50, testbed_queries=2000, testbed_pool=64, select_pool=300),
+    ),
+}  # fmt: skip
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """Return the preset called ``name`` (``ci`` | ``full`` | ``gpu``).
+    """Return the profile called ``name`` (``ci`` | ``full`` | ``gpu``).
 
     ``None`` takes ``$LRGD_PROFILE`` or ``ci``.
     """
     name = name or os.environ.get("LRGD_PROFILE", "ci")
-    if name not in _PRESETS:
+    if name not in _PROFILES:
         raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return _PRESETS[name]
+    return _PROFILES[name]
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -52,14 +52,14 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from lrgd import dual
+from lrgd.dual import algebra as dual
 from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.provenance import Provenance
 from lrgd.results import write_json
 
 cfg = get_profile(profile)
 dev = resolve_device(device)
-n_prompts = n_prompts or cfg.n_prompts
+n_prompts = n_prompts or cfg.equivalence.n_prompts
 prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset=dataset)
 torch.manual_seed(seed)
 gen = torch.Generator().manual_seed(seed)
@@ -121,7 +121,7 @@ def random_head(n_z: int, n_d: int, d: int = 32, dv: int = 24, dtype=torch.float
 
 
 err_split, err_gd = [], []
-for _ in range(cfg.n_random_trials):
+for _ in range(cfg.equivalence.n_random_trials):
     q, k, v, demo = random_head(n_z=40, n_d=12)
     la = dual.linear_attention(q, k, v)  # Eq. (eq-la-split), left-hand side
     d_model = dual.linear_dual(k, v, demo)  # W_ZSL and ΔW_ICL
@@ -175,7 +175,7 @@ print(f"gap at η=1: {gap[20]:.0e}; gap at η=0 (zero-shot): {gap[0]:.2f}")
 
 # %%
 err_rope = []
-for _ in range(cfg.n_random_trials):
+for _ in range(cfg.equivalence.n_random_trials):
     q, k, v, demo = random_head(n_z=40, n_d=12)
     pos = torch.arange(len(k))
     kr, qr = dual.rope(k, pos), dual.rope(q[None], torch.tensor([len(k)]))[0]
@@ -233,7 +233,7 @@ print(
 
 # %%
 err_soft, etas_seen = [], []
-for _ in range(cfg.n_random_trials):
+for _ in range(cfg.equivalence.n_random_trials):
     q, k, v, demo = random_head(n_z=200, n_d=60, d=64, dv=64, dtype=torch.float32)
     sp = dual.softmax_split(q, k, v, demo)
     ref = torch.softmax((k.double() @ q.double()) / 8.0, 0) @ v.double()  # float64 reference
@@ -270,8 +270,8 @@ k, q = k * 0.3, q * 0.3  # logits of order 1; larger logits raise the error cons
 exact_num = (v[demo].T * torch.exp((k[demo] @ q) / 8.0)).sum(1)  # Σ_D v_i e^{s_i}
 exact_out = dual.softmax_split(q, k, v, demo).out
 rows = []
-for m in cfg.feature_counts:
-    for r in range(cfg.n_feature_seeds):
+for m in cfg.equivalence.feature_counts:
+    for r in range(cfg.equivalence.n_feature_seeds):
         w = dual.draw_features(m, k.shape[1], torch.Generator().manual_seed(1000 * m + r))
         kd = dual.kernel_dual(k, v, demo, w)
         phi_q = dual.query_features(q, w)
@@ -325,11 +325,11 @@ checks["random-feature error slope (target ≈ −0.5)"] = {
 # from the split.
 
 # %%
-from lrgd.data import leave_one_out, load_dataset
-from lrgd.equivalence import delta_o_study, rebuild_errors
+from lrgd.rec.data import leave_one_out, load_dataset
+from lrgd.dual.equivalence import delta_o_study, rebuild_errors
 from lrgd.llm import forward_captured, load_model
 from lrgd.progress import progress
-from lrgd.prompts import build_prompt, user_prompt_parts
+from lrgd.rec.prompts import build_prompt, user_prompt_parts
 
 lm = load_model(model, device=dev)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
@@ -346,7 +346,7 @@ users = [users[i] for i in rng.choice(len(users), size=n_prompts, replace=False)
 
 def make_prompt(user: str):
     parts, _, _ = user_prompt_parts(
-        ds, split, user, n_demos=cfg.n_demos, n_candidates=cfg.n_candidates, seed=seed
+        ds, split, user, n_demos=cfg.equivalence.n_demos, n_candidates=cfg.equivalence.n_candidates, seed=seed
     )
     return build_prompt(lm.tokenizer, parts, chat=info.chat, max_tokens=info.max_positions)
 

@@ -33,8 +33,6 @@
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu  — sizes of every experiment below
 device = "auto"  # auto | cpu | cuda
-model = "tiny-llama"  # a label: testbed B trains its own tiny Llama-architecture decoder
-dataset = "recworld"  # a label: testbed B's synthetic world (lrgd.recworld)
 seed = 0
 decoder_steps = None  # training steps of the tiny decoder (None: profile preset)
 lsa_steps = None  # training steps of the one-layer LSA models (None: profile preset)
@@ -50,28 +48,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lrgd import icl_regression as icl
-from lrgd import recworld as rw
-from lrgd import tiny_decoder as td
+from lrgd.testbeds import icl_regression as icl
+from lrgd.testbeds import recworld as rw
+from lrgd.testbeds import tiny_decoder as td
 from lrgd.config import get_profile, resolve_device, results_dir
-from lrgd.dual import cosine, relative_error
+from lrgd.dual.algebra import cosine, relative_error
 from lrgd.provenance import Provenance
 
 cfg = get_profile(profile)
 dev = resolve_device(device)
 torch.set_num_threads(1)  # deterministic, and polite on a shared 2-core machine
-reg = icl.regression_preset(cfg.name, **({"steps": lsa_steps} if lsa_steps else {}))
-wcfg = rw.world_config(cfg.name)
-dec = td.decoder_preset(
-    cfg.name,
+reg = cfg.section("regression", **({"steps": lsa_steps} if lsa_steps else {}))
+wcfg = cfg.world
+dec = cfg.section(
+    "decoder",
     **{k: v for k, v in {"steps": decoder_steps, "eval_queries": n_eval}.items() if v is not None},
 )
-prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset=dataset)
+prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset="recworld (synthetic, testbed B)")
 pd.set_option("display.precision", 3)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 checks = {}  # claim → value, threshold, direction, passed; printed as the chapter's summary
-model = "tiny-llama"  # this page always trains its own model; the book-wide MODEL does not apply here
-print(f"profile={cfg.name} device={dev} model={model} dataset={dataset} seed={seed}")
+print(
+    f"profile={cfg.name} device={dev} seed={seed}; this page trains its own models and generates its own data"
+)
 print(f"testbed A: d={reg.dim}, N={reg.n_ctx}, depths={reg.depths}, steps={reg.steps}/{reg.deep_steps}")
 print(
     f"testbed B: {wcfg.n_items} items, {wcfg.n_groups} groups, k_max={wcfg.k_max}; decoder steps={dec.steps}"
@@ -408,7 +407,11 @@ check(
 
 # %% tags=["nbval-ignore-output"]
 trained = td.load_or_train(world, dec, seed=seed, device=dev)
-prov.set_model(model, trained.path.name, trained.path.stem.rsplit("-", 1)[-1] + " (training-config hash)")
+prov.set_model(
+    "tiny-llama (trained here)",
+    trained.path.name,
+    trained.path.stem.rsplit("-", 1)[-1] + " (training-config hash)",
+)
 print("weights:", trained.path.name, "(from cache)" if trained.from_cache else "(trained now)")
 
 # %%
@@ -586,7 +589,7 @@ print(
 # block as long as the demonstrations, does not fit in these short prompts.)
 
 # %%
-from lrgd.equivalence import rebuild_errors
+from lrgd.dual.equivalence import rebuild_errors
 from lrgd.llm import forward_captured
 
 dual_batch = world.sample_prompts(dec.dual_prompts, 4, np.random.default_rng([seed, 5]), "same")
@@ -645,14 +648,14 @@ check("softmax-aware step minus placebo, mean cos (lower CI)", margin[1], 0.0, a
 #
 # | need | call |
 # |---|---|
-# | a world (same seed → same world) | `w = lrgd.recworld.RecWorld.generate(lrgd.recworld.world_config(profile, drift=…), seed)` |
+# | a world (same seed → same world) | `w = lrgd.testbeds.recworld.RecWorld.generate(lrgd.config.get_profile(profile).section("world", drift=…), seed)` |
 # | prompts with chosen demonstrations | `b = w.sample_prompts(n, k, rng, "same" \| "other" \| "corrupted" \| "mixed" \| kinds[n, k])`; `w.with_demos(queries, k, kinds, rng)` keeps the users |
 # | tokens, spans, a chapter-1 `Prompt` | `b.tokens()`, `b.spans()`, `b.prompt(i)` |
 # | Bayes and oracle rankings | `w.bayes_scores(b)`, `w.group_log_posterior(b)`, `w.oracle_scores(b)` |
 # | each demonstration's true usefulness | `w.demo_usefulness(b)` (nats about the user's group) |
-# | the trained decoder and its scores | `lrgd.tiny_decoder.load_or_train(w, preset)`, `score_candidates(model, b)` |
-# | metrics | `lrgd.recworld.ranking_metrics`, `bootstrap_ci`, `icl_sweep` |
-# | testbed A | `lrgd.icl_regression.sample_tasks`, `gd_predict`, `constructed_lsa`, `load_or_train_lsa` |
+# | the trained decoder and its scores | `lrgd.testbeds.tiny_decoder.load_or_train(w, preset)`, `score_candidates(model, b)` |
+# | metrics | `lrgd.testbeds.recworld.ranking_metrics`, `bootstrap_ci`, `icl_sweep` |
+# | testbed A | `lrgd.testbeds.icl_regression.sample_tasks`, `gd_predict`, `constructed_lsa`, `load_or_train_lsa` |
 #
 # ## Summary of this chapter's checks
 

@@ -25,13 +25,15 @@
 # validation target, the rest is training data). Each user gets $N = 20$ candidates: the target and 19
 # items the user never touched, drawn with a seed and saved, so every method ranks identical lists.
 # The LLM scores each candidate title by its log-likelihood as the continuation of the prompt; the
-# prompt is encoded once and its key/value cache shared by all 20 titles (`lrgd.rank`). Metrics are
+# prompt is encoded once and its key/value cache shared by all 20 titles (`lrgd.rec.rank`). Metrics are
 # HR@k, NDCG@k and MRR of the target's rank, with bootstrap 95% intervals over users
-# (`lrgd.evaluate`). Every number below comes from the resumable runner behind
+# (`lrgd.rec.evaluate`). Every number below comes from the resumable runner behind
 # `python -m lrgd evaluate`, which keeps one JSON line per user under `results/<profile>/partial/`.
 
 # %% tags=["parameters"]
-profile = "ci"  # ci | full | gpu — users per dataset and conditions (lrgd.evaluate.PRESETS)
+profile = (
+    "ci"  # ci | full | gpu — users per dataset and conditions (lrgd.config: the profile's .eval section)
+)
 device = "auto"  # auto | cpu | cuda
 model = "smollm2-135m"  # smollm2-135m | gemma3-270m | /path/to/a/local/hf-model
 seed = 0
@@ -47,30 +49,30 @@ import torch
 from scipy.stats import spearmanr
 
 from lrgd.config import resolve_device, results_dir
-from lrgd.data import DATASETS
-from lrgd.evaluate import (
+from lrgd.config import get_profile
+from lrgd.rec.data import DATASETS
+from lrgd.rec.evaluate import (
     EvalConfig,
     Runner,
     expected_random_metrics,
-    get_preset,
     metric_values,
     paired_bootstrap,
 )
 from lrgd.provenance import Provenance
 from lrgd.results import write_json
 
-P = get_preset(profile)
+P = get_profile(profile).eval
 dev = resolve_device(device)
 n_users = n_users or P.n_users
-runner = Runner(P.name, dev, quiet=True)
-prov = Provenance(profile=P.name, device=dev, seed=seed, dataset=", ".join(P.table_datasets))
+runner = Runner(profile, dev, quiet=True)
+prov = Provenance(profile=profile, device=dev, seed=seed, dataset=", ".join(P.table_datasets))
 lm = runner.lm(model)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
 pd.set_option("display.precision", 3)
 pd.set_option("display.width", 160)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 users_label = "all" if n_users is None else n_users
-print(f"profile={P.name} device={dev} model={lm.info.name} seed={seed} test users per dataset={users_label}")
+print(f"profile={profile} device={dev} model={lm.info.name} seed={seed} test users per dataset={users_label}")
 
 
 def cfg(dataset: str, method: str, k: int = 0, **kw) -> EvalConfig:
@@ -89,7 +91,7 @@ def ndcg_diff(a: dict, b: dict, var_a: str | None = None, var_b: str | None = No
 # %% [markdown]
 # ## 2.1 The data
 #
-# Five public datasets, read by `lrgd.data` from their distributed files: Amazon Beauty and Toys & Games
+# Five public datasets, read by `lrgd.rec.data` from their distributed files: Amazon Beauty and Toys & Games
 # (2014 5-core) {cite}`mcauley2015image,he2016ups`, Amazon Video Games 2018 as processed by LLMRank
 # {cite}`hou2024llmrank` and Amazon Industrial & Scientific 2018 {cite}`ni2019justifying`, and
 # MovieLens-100k {cite}`harper2015movielens`. The statistics are computed by the loaders on this run;
@@ -129,12 +131,12 @@ print(
 # a base model (Gemma-3-270m) gets the plain text. A candidate is scored as the assistant's answer: the
 # summed log-probability of its title tokens. The candidates are **not** listed in the prompt (that is a
 # variant, tested in §2.6). Demonstrations come from other users' *training* sequences; a leakage guard
-# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.select`). Here is
+# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.rec.select`). Here is
 # a test user of Amazon Games with $k = 2$ random demonstrations:
 
 # %%
-from lrgd.prompts import build_prompt, fit_prompt, null_prompt_parts
-from lrgd.rank import continuation_ids, continuation_sep, joint_tokenisation_matches
+from lrgd.rec.prompts import build_prompt, fit_prompt, null_prompt_parts
+from lrgd.rec.rank import continuation_ids, continuation_sep, joint_tokenisation_matches
 
 games = runner.data("amazon-games")
 example_user = runner.eligible_users("amazon-games", "test", seed)[0][0]
@@ -240,7 +242,7 @@ def var_of(method: str) -> str:
 
 def cell(name: str, method: str, metric: str) -> str:
     if (name, method) not in results:
-        return f"not run at {P.name}"
+        return f"not run at {profile}"
     x = results[name, method]["metrics"][var_of(method)][metric]
     return f"{x['mean']:.3f} [{x['lo']:.2f}, {x['hi']:.2f}]"
 
@@ -583,7 +585,7 @@ summary = {
     "tokenisation_agreement": [agree, checked],
     "provenance": prov.finish().as_dict(),
 }
-out = write_json(results_dir(P.name) / "02_recommender.json", json.loads(json.dumps(summary, default=float)))
+out = write_json(results_dir(profile) / "02_recommender.json", json.loads(json.dumps(summary, default=float)))
 print("results written to", out.relative_to(out.parents[2]))
 
 # %% tags=["remove-input", "nbval-ignore-output"]

@@ -71,18 +71,17 @@ import torch
 from IPython.display import display
 from scipy.stats import spearmanr
 
-from lrgd import effect as fx
-from lrgd import recworld as rw
-from lrgd import tiny_decoder as td
+from lrgd.demos import effect as fx
+from lrgd.testbeds import recworld as rw
+from lrgd.testbeds import tiny_decoder as td
 from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.provenance import Provenance
 from lrgd.results import cached_json, write_json
 
 cfg = get_profile(profile)
 dev = resolve_device(device)
-sizes = {"ci": 10, "full": 25, "gpu": 50}[cfg.name]
-n_demos = n_demos or sizes
-n_users = n_users or n_demos
+n_demos = n_demos or cfg.effect.n_demos
+n_users = n_users or cfg.effect.n_users
 prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset=f"recworld + {dataset}")
 torch.manual_seed(seed)
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -145,16 +144,14 @@ check("Effect_D (derivative) vs finite differences, max relative gap", fd["relat
 
 # %% tags=["nbval-ignore-output"]
 torch.set_num_threads(1)  # the tiny decoder is fastest (and deterministic) on one thread
-wcfg = rw.world_config(cfg.name)
+wcfg = cfg.world
 world = rw.RecWorld.generate(wcfg, seed)
-trained = td.load_or_train(
-    world, td.decoder_preset(cfg.name), seed=seed, device="cpu"
-)  # cached by chapter 1b
+trained = td.load_or_train(world, cfg.decoder, seed=seed, device="cpu")  # cached by chapter 1b
 net = trained.model
 
 # %%
 rng = np.random.default_rng([seed, 3])
-n_q, n_pool = {"ci": (200, 24), "full": (1000, 48), "gpu": (2000, 64)}[cfg.name]
+n_q, n_pool = cfg.effect.testbed_queries, cfg.effect.testbed_pool
 queries = world.sample_queries(n_q, rng)
 pool = rw.demo_pool(world, n_pool, rng)
 width = wcfg.demo_history_len + 3
@@ -269,9 +266,9 @@ print(
 # does Effect_D *predict* what a demonstration does to this model, for better or worse?
 
 # %%
-from lrgd.data import leave_one_out, load_dataset
+from lrgd.rec.data import leave_one_out, load_dataset
 from lrgd.llm import load_model
-from lrgd.prompts import prompt_parts, random_demonstrations, titled
+from lrgd.rec.prompts import prompt_parts, random_demonstrations, titled
 
 lm = load_model(model, device=dev)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
@@ -389,17 +386,17 @@ check(
 # * **Effect_D global** (`--method effect-global`): Effect_D averaged over validation users, one ranking
 #   for every test user.
 #
-# Both take $\partial L_u/\partial o$ over the target title's positions (`lrgd.effect_select`): the cheap
+# Both take $\partial L_u/\partial o$ over the target title's positions (`lrgd.demos.effect_select`): the cheap
 # choice, and the better predictor in §3.4's ablation, whose users are not these. They are compared with
 # zero-shot, random and similarity demonstrations (chapter 2's selectors) on the same users and candidates.
 
 # %%
-from lrgd.evaluate import EvalConfig, Runner, get_preset, metric_values, paired_bootstrap
+from lrgd.rec.evaluate import EvalConfig, Runner, metric_values, paired_bootstrap
 
-P = get_preset(cfg.name)
-runner = Runner(P.name, dev, quiet=True)
+P = cfg.eval
+runner = Runner(cfg.name, dev, quiet=True)
 n_select_users = n_select_users or P.n_users
-effect_pool = effect_pool or {"ci": 30, "full": 100, "gpu": 300}[cfg.name]
+effect_pool = effect_pool or cfg.effect.select_pool
 variant, _, _ = runner.validation_variant(model, seed)
 
 

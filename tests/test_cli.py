@@ -10,8 +10,8 @@ import pytest
 from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
-from lrgd.data import Dataset, make_item, make_synthetic, write_synthetic
-from lrgd.evaluate import EvalConfig, Runner
+from lrgd.rec.data import Dataset, make_item, make_synthetic, write_synthetic
+from lrgd.rec.evaluate import EvalConfig, Runner
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,35 @@ from lrgd.provenance import Provenance, git_commit
 from lrgd.results import write_json
 
 
-def test_profiles():
-    assert get_profile("ci").name == "ci"
-    assert get_profile("full").n_prompts > get_profile("ci").n_prompts
+def test_profiles_sections_validate_and_grow():
+    """Every section of every profile passes its own validation, and ``full`` is never smaller than
+    ``ci`` in a size that counts users, prompts, steps or trials (a typo in the table fails here)."""
+    from dataclasses import fields
+
+    from lrgd.config import PROFILES, SECTIONS
+
+    for name in PROFILES:
+        prof = get_profile(name)
+        assert prof.name == name
+        for sec in SECTIONS:
+            assert prof.section(sec) == getattr(prof, sec)  # validate() passes and overrides nothing
+    ci, full = get_profile("ci"), get_profile("full")
+    grown = 0
+    for sec in SECTIONS:
+        for f in fields(getattr(ci, sec)):
+            a, b = getattr(getattr(ci, sec), f.name), getattr(getattr(full, sec), f.name)
+            if isinstance(a, int) and not isinstance(a, bool) and isinstance(b, int):
+                assert b >= a, f"full.{sec}.{f.name}={b} < ci's {a}"
+                grown += b > a
+    assert grown >= 10
     with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*ci, full, gpu"):
         get_profile("fast")
+    with pytest.raises(ConfigError, match="unknown profile section 'robust'"):
+        ci.section("robust")
+    with pytest.raises(ConfigError, match=r"unknown eval option\(s\) \['users'\]"):
+        ci.section("eval", users=3)
+    with pytest.raises(ConfigError, match="n_boot"):
+        ci.section("eval", n_boot=10)
 
 
 def test_profile_from_environment(monkeypatch):

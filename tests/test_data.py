@@ -1,4 +1,4 @@
-"""Tests of lrgd.data: hand-written fixtures per format, splits, candidates, and real-data smoke tests."""
+"""Tests of lrgd.rec.data: hand-written fixtures per format, splits, candidates, and real-data smoke tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lrgd.config import data_roots
-from lrgd.data import (
+from lrgd.errors import DataError
+from lrgd.rec.data import (
     DATASETS,
     Dataset,
     clean_title,
@@ -21,7 +22,6 @@ from lrgd.data import (
     sample_candidates,
     write_synthetic,
 )
-from lrgd.errors import DataError
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from lrgd import dual
-from lrgd.equivalence import delta_o_study, rebuild_errors
+from lrgd.dual import algebra as dual
+from lrgd.dual.equivalence import delta_o_study, rebuild_errors
 from lrgd.llm import forward_captured
-from lrgd.prompts import Demonstration, Prompt, build_prompt, drop_span, prompt_parts
+from lrgd.rec.prompts import Demonstration, Prompt, build_prompt, drop_span, prompt_parts
 
 f64 = torch.float64
 

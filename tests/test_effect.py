@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrgd.effect import SlotPrompt, demo_state, effect_d, loss_with_demo, user_state
+from lrgd.demos.effect import SlotPrompt, demo_state, effect_d, loss_with_demo, user_state
 from lrgd.errors import ConfigError, ModelError
 
 
@@ -90,9 +90,10 @@ def test_positions_and_options(llama3):
 def test_testbed_slot_prompt_with_demo_is_the_k1_prompt():
     import numpy as np
 
-    from lrgd import recworld as rw
+    from lrgd.config import get_profile
+    from lrgd.testbeds import recworld as rw
 
-    wcfg = rw.world_config("ci")
+    wcfg = get_profile("ci").world
     world = rw.RecWorld.generate(wcfg, 0)
     rng = np.random.default_rng(0)
     q = world.sample_queries(5, rng)
@@ -127,7 +128,7 @@ def test_cached_json_recomputes_on_new_config(tmp_path):
 
 @pytest.mark.parametrize("options", [{}, {"rate": "derivative"}, {"form": "linear"}, {"layers": [1]}])
 def test_batched_matrix_equals_pairwise(llama3, options):
-    from lrgd.effect import demo_states, effect_matrix, user_states
+    from lrgd.demos.effect import demo_states, effect_matrix, user_states
 
     users = [_case(s)[0] for s in range(3)]
     users = [SlotPrompt(users[0].prefix, u.rest, u.target, u.slot) for u in users]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from test_rank import tiny_model_folder
 
-from lrgd import effect as fx
-from lrgd.data import leave_one_out, make_synthetic, write_synthetic
-from lrgd.effect_select import EffectRanker
+from lrgd.demos import effect as fx
+from lrgd.demos.effect_select import EffectRanker
 from lrgd.errors import ConfigError
-from lrgd.evaluate import EvalConfig, Runner
 from lrgd.llm import load_model
-from lrgd.select import DemoPool
+from lrgd.rec.data import leave_one_out, make_synthetic, write_synthetic
+from lrgd.rec.evaluate import EvalConfig, Runner
+from lrgd.rec.select import DemoPool
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of lrgd.evaluate: hand-computed metrics, bootstrap, presets, the runner's caching and resumption."""
+"""Tests of lrgd.rec.evaluate: hand-computed metrics, bootstrap, presets, the runner's caching and resumption."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_rank import tiny_model_folder
 
-from lrgd.data import make_synthetic, write_synthetic
 from lrgd.errors import ConfigError
-from lrgd.evaluate import (
+from lrgd.rec.data import make_synthetic, write_synthetic
+from lrgd.rec.evaluate import (
     EvalConfig,
     Runner,
     _append_record,
@@ -19,7 +19,6 @@ from lrgd.evaluate import (
     bootstrap_ci,
     choose_variant,
     expected_random_metrics,
-    get_preset,
     paired_bootstrap,
     per_user_metrics,
     rank_metrics,
@@ -82,13 +81,6 @@ def test_choose_variant_pools_users() -> None:
 
 
 def test_presets_and_config_validation() -> None:
-    assert (
-        get_preset("ci").n_users <= 30
-        and get_preset("full").n_users >= 500
-        and get_preset("gpu").n_users is None
-    )
-    with pytest.raises(ConfigError, match="unknown profile 'laptop'"):
-        get_preset("laptop")
     bad = {
         "unknown dataset 'amazon-books'": EvalConfig("amazon-books", "random", 2),
         "unknown method 'knn'": EvalConfig("amazon-games", "knn"),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from test_rank import tiny_tokenizer
 
-from lrgd.data import leave_one_out, make_synthetic
 from lrgd.errors import DataError, ModelError
-from lrgd.prompts import (
+from lrgd.rec.data import leave_one_out, make_synthetic
+from lrgd.rec.prompts import (
     Demonstration,
     build_prompt,
     fit_prompt,

@@ -1,4 +1,4 @@
-"""Tests of lrgd.rank: cached scoring equals one full forward per candidate; ranking; parsing.
+"""Tests of lrgd.rec.rank: cached scoring equals one full forward per candidate; ranking; parsing.
 
 ``tiny_model_folder`` (also used by test_cli/test_evaluate) saves a randomly initialised 2-layer Llama
 with a word-level tokenizer into a folder that :func:`lrgd.llm.load_model` loads like any HF model.
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrgd import rank
 from lrgd.errors import ConfigError, ModelError
-from lrgd.prompts import INSTRUCTION, RANK_INSTRUCTION
+from lrgd.rec import rank
+from lrgd.rec.prompts import INSTRUCTION, RANK_INSTRUCTION
 
 # ----------------------------------------------------------------------------- a tiny model
 
@@ -172,7 +172,7 @@ def test_parse_ranked_list() -> None:
 @pytest.mark.llm
 def test_real_smollm2_cached_equals_naive_and_tokenisation() -> None:
     from lrgd.llm import load_model
-    from lrgd.prompts import build_prompt, prompt_parts
+    from lrgd.rec.prompts import build_prompt, prompt_parts
 
     lm = load_model("smollm2-135m", "cpu")
     titles = ["Halo 5: Guardians", "Mario Kart 8 Deluxe", "FIFA 18 - PlayStation 4", "Tetris"]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrgd.data import Dataset, leave_one_out, make_item
 from lrgd.errors import ConfigError
-from lrgd.select import EFFECT_SELECTORS, SELECTORS, DemoPool
+from lrgd.rec.data import Dataset, leave_one_out, make_item
+from lrgd.rec.select import EFFECT_SELECTORS, SELECTORS, DemoPool
 
 
 class HashEmbedder:
@@ -108,7 +108,7 @@ def test_popular_prefers_popular_next_items(pool: DemoPool) -> None:
 
 @pytest.mark.llm
 def test_minilm_embeddings() -> None:
-    from lrgd.embed import Embedder
+    from lrgd.rec.embed import Embedder
 
     e = Embedder("cpu")
     x = e.encode(

@@ -1,4 +1,4 @@
-"""Tests of the chapter-1b testbeds: lrgd.icl_regression (A), lrgd.recworld and lrgd.tiny_decoder (B)."""
+"""Tests of the chapter-1b testbeds: lrgd.testbeds.icl_regression (A), lrgd.testbeds.recworld and lrgd.testbeds.tiny_decoder (B)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lrgd import icl_regression as icl
-from lrgd import recworld as rw
-from lrgd import tiny_decoder as td
+from lrgd.config import get_profile
 from lrgd.errors import ConfigError
+from lrgd.testbeds import icl_regression as icl
+from lrgd.testbeds import recworld as rw
+from lrgd.testbeds import tiny_decoder as td
 
 # ----------------------------------------------------------------------------- testbed A
 
@@ -49,7 +50,7 @@ def test_constructed_lsa_is_gd(depth):
 
 
 def test_trained_lsa_matches_one_gd_step():
-    preset = icl.regression_preset("ci", dim=5, n_ctx=10, key_dim=6, steps=1500, batch=128)
+    preset = get_profile("ci").section("regression", dim=5, n_ctx=10, key_dim=6, steps=1500, batch=128)
     torch.manual_seed(0)
     model = icl.LinearSelfAttention(preset.dim, 1, preset.key_dim)
     icl.train_lsa(model, preset, seed=0)
@@ -66,11 +67,11 @@ def test_trained_lsa_matches_one_gd_step():
 
 def test_regression_preset_validation():
     with pytest.raises(ConfigError, match="unknown profile"):
-        icl.regression_preset("laptop")
+        get_profile("laptop").section("regression")
     with pytest.raises(ConfigError, match="even"):
-        icl.regression_preset("ci", key_dim=11)
+        get_profile("ci").section("regression", key_dim=11)
     with pytest.raises(ConfigError, match="unknown regression option"):
-        icl.regression_preset("ci", width=3)
+        get_profile("ci").section("regression", width=3)
 
 
 # ----------------------------------------------------------------------------- testbed B: world
@@ -87,11 +88,11 @@ def small_world_config(**kw) -> rw.WorldConfig:
         n_candidates=10,
         k_max=3,
     )
-    return rw.world_config("ci", **(base | kw))
+    return get_profile("ci").section("world", **(base | kw))
 
 
 def test_world_determinism_and_shapes():
-    cfg = rw.world_config("ci")
+    cfg = get_profile("ci").section("world")
     w1, w2 = rw.RecWorld.generate(cfg, 3), rw.RecWorld.generate(cfg, 3)
     assert np.array_equal(w1.item_vecs, w2.item_vecs) and np.array_equal(w1.group_prefs, w2.group_prefs)
     b1 = w1.sample_prompts(5, 4, np.random.default_rng(0), "mixed")
@@ -205,7 +206,7 @@ def test_ranking_metrics_by_hand():
 
 
 def test_usefulness_ordering():
-    w = rw.RecWorld.generate(rw.world_config("ci"), 0)
+    w = rw.RecWorld.generate(get_profile("ci").section("world"), 0)
     means = {}
     for kind in rw.KINDS:
         b = w.sample_prompts(400, 1, np.random.default_rng([1, len(kind)]), kind)
@@ -215,10 +216,10 @@ def test_usefulness_ordering():
 
 def test_world_validation():
     with pytest.raises(ConfigError, match="kind_probs"):
-        rw.world_config("ci", kind_probs=(0.5, 0.5, 0.5))
+        get_profile("ci").section("world", kind_probs=(0.5, 0.5, 0.5))
     with pytest.raises(ConfigError, match="unknown world option"):
-        rw.world_config("ci", n_users=3)
-    w = rw.RecWorld.generate(rw.world_config("ci"), 0)
+        get_profile("ci").section("world", n_users=3)
+    w = rw.RecWorld.generate(get_profile("ci").section("world"), 0)
     with pytest.raises(ConfigError, match="unknown demonstration kind"):
         w.sample_prompts(2, 1, np.random.default_rng(0), "random")
 
@@ -231,7 +232,7 @@ SMALL_DECODER = dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, 
 def test_tiny_decoder_learns_in_context():
     torch.set_num_threads(1)
     world = rw.RecWorld.generate(small_world_config(), 0)
-    preset = td.decoder_preset("ci", steps=1200, **SMALL_DECODER)
+    preset = get_profile("ci").section("decoder", steps=1200, **SMALL_DECODER)
     model = td.build_model(world.config, preset, seed=0)
     td.train(model, world, preset, seed=0)
     queries = world.sample_queries(500, np.random.default_rng(1))
@@ -246,7 +247,7 @@ def test_tiny_decoder_learns_in_context():
 def test_weight_cache_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("LRGD_CACHE", str(tmp_path))
     world = rw.RecWorld.generate(small_world_config(), 0)
-    preset = td.decoder_preset("ci", steps=3, **SMALL_DECODER)
+    preset = get_profile("ci").section("decoder", steps=3, **SMALL_DECODER)
     first = td.load_or_train(world, preset, seed=0)
     second = td.load_or_train(world, preset, seed=0)
     assert not first.from_cache and second.from_cache and first.path == second.path
@@ -261,11 +262,11 @@ def test_weight_cache_round_trip(tmp_path, monkeypatch):
 
 
 def test_dual_rebuild_on_the_tiny_decoder():
-    from lrgd.equivalence import rebuild_errors
+    from lrgd.dual.equivalence import rebuild_errors
     from lrgd.llm import forward_captured
 
     world = rw.RecWorld.generate(small_world_config(), 0)
-    model = td.build_model(world.config, td.decoder_preset("ci", **SMALL_DECODER), seed=0).eval()
+    model = td.build_model(world.config, get_profile("ci").section("decoder", **SMALL_DECODER), seed=0).eval()
     b = world.sample_prompts(2, 3, np.random.default_rng(0), "same")
     p = b.prompt(0)
     err = rebuild_errors(forward_captured(model, p.input_ids), p.demo_mask)["error"]
@@ -280,6 +281,6 @@ def test_dual_rebuild_on_the_tiny_decoder():
 
 def test_decoder_preset_validation():
     with pytest.raises(ConfigError, match="kv_heads"):
-        td.decoder_preset("ci", heads=3, kv_heads=2)
+        get_profile("ci").section("decoder", heads=3, kv_heads=2)
     with pytest.raises(ConfigError, match="unknown decoder option"):
-        td.decoder_preset("ci", depth=2)
+        get_profile("ci").section("decoder", depth=2)

@@ -159,7 +159,7 @@ def user_prompt_parts(
 
     Returns (parts, candidate ids, target id).
     """
-    from lrgd.data import sample_candidates
+    from lrgd.rec.data import sample_candidates
 
     if user not in split.test:
         raise DataError(f"unknown user {user!r} (or fewer than 3 items): not in the test split")

@@ -2,7 +2,7 @@
 
 The model is built from ``transformers``' ``LlamaConfig`` — the same code path as SmolLM2 (RMSNorm,
 SwiGLU MLP, rotary embeddings, grouped-query attention) — so :func:`lrgd.llm.forward_captured` and the
-chapter-1 dual rebuild apply to it unchanged. Vocabulary: the special tokens of :mod:`lrgd.recworld`
+chapter-1 dual rebuild apply to it unchanged. Vocabulary: the special tokens of :mod:`lrgd.testbeds.recworld`
 followed by one token per item.
 
 Training (our choice): next-token cross-entropy on every *item* token of prompts drawn from the world
@@ -20,17 +20,17 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lrgd.config import cache_dir, get_profile
+from lrgd.config import DecoderSizes, cache_dir
 from lrgd.errors import ConfigError, ModelError
 from lrgd.progress import progress
-from lrgd.recworld import N_SPECIAL, PromptBatch, RecWorld, WorldConfig
 from lrgd.results import save_torch
+from lrgd.testbeds.recworld import N_SPECIAL, PromptBatch, RecWorld, WorldConfig
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto inside a kernel without widgets
 
@@ -38,73 +38,10 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in
 TRAIN_CODE_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class DecoderPreset:
-    """Width, depth and training schedule of the tiny decoder."""
-
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 128
-    rope_theta: float = 10000.0
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 3e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    threads: int = 1  # torch CPU threads while training (restored afterwards); 1 is robust on busy CPUs
-    eval_queries: int = 1000  # query users in the ICL sweep (not part of the weight-cache key)
-    dual_prompts: int = 8  # prompts for the chapter-1 dual checks (not part of the key)
+EVAL_FIELDS = ("eval_queries", "dual_prompts")  # sizes of the evaluation, not of the weights
 
 
-_EVAL_FIELDS = ("eval_queries", "dual_prompts")
-
-
-DECODER_PRESETS: dict[str, DecoderPreset] = {
-    "ci": DecoderPreset(),
-    "full": DecoderPreset(
-        hidden=96,
-        layers=3,
-        heads=6,
-        kv_heads=2,
-        intermediate=256,
-        steps=12000,
-        eval_queries=4000,
-        dual_prompts=32,
-    ),
-    "gpu": DecoderPreset(
-        hidden=256,
-        layers=4,
-        heads=8,
-        kv_heads=4,
-        intermediate=768,
-        steps=30000,
-        batch=256,
-        eval_queries=10000,
-        dual_prompts=64,
-    ),
-}
-
-
-def decoder_preset(profile: str | None = None, **overrides) -> DecoderPreset:
-    """The preset of ``profile`` (validated by :func:`lrgd.config.get_profile`), with overrides."""
-    cfg = DECODER_PRESETS[get_profile(profile).name]
-    bad = set(overrides) - set(DecoderPreset.__dataclass_fields__)
-    if bad:
-        raise ConfigError(
-            f"unknown decoder option(s) {sorted(bad)}; valid: {sorted(DecoderPreset.__dataclass_fields__)}"
-        )
-    out = replace(cfg, **overrides)
-    if out.heads % out.kv_heads or out.hidden % out.heads or (out.hidden // out.heads) % 2:
-        raise ConfigError(
-            f"heads={out.heads} must be a multiple of kv_heads={out.kv_heads} and divide hidden={out.hidden} "
-            "into an even head dimension (RoPE rotates pairs)"
-        )
-    return out
-
-
-def build_model(world: WorldConfig, preset: DecoderPreset, seed: int = 0) -> torch.nn.Module:
+def build_model(world: WorldConfig, preset: DecoderSizes, seed: int = 0) -> torch.nn.Module:
     """A freshly initialised ``LlamaForCausalLM`` (sdpa attention, tied embeddings) for ``world``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -136,7 +73,7 @@ def item_labels(tokens: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _lr(step: int, preset: DecoderPreset) -> float:
+def _lr(step: int, preset: DecoderSizes) -> float:
     """Linear warm-up, then cosine decay to 10 %."""
     if step < preset.warmup:
         return preset.lr * (step + 1) / preset.warmup
@@ -145,7 +82,7 @@ def _lr(step: int, preset: DecoderPreset) -> float:
 
 
 def train(
-    model: torch.nn.Module, world: RecWorld, preset: DecoderPreset, seed: int = 0, desc: str = "train"
+    model: torch.nn.Module, world: RecWorld, preset: DecoderSizes, seed: int = 0, desc: str = "train"
 ) -> dict:
     """Train ``model`` in place; returns a log (loss curve every 50 steps, seconds, steps)."""
     rng = np.random.default_rng([seed, 7])
@@ -185,18 +122,18 @@ def train(
 # ----------------------------------------------------------------------------- weight cache
 
 
-def _key(world: RecWorld, preset: DecoderPreset, seed: int) -> str:
+def _key(world: RecWorld, preset: DecoderSizes, seed: int) -> str:
     blob = {
         "world": asdict(world.config),
         "world_seed": world.seed,
-        "preset": {k: v for k, v in asdict(preset).items() if k not in _EVAL_FIELDS},
+        "preset": {k: v for k, v in asdict(preset).items() if k not in EVAL_FIELDS},
         "seed": seed,
         "code": TRAIN_CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def weights_path(world: RecWorld, preset: DecoderPreset, seed: int = 0) -> Path:
+def weights_path(world: RecWorld, preset: DecoderSizes, seed: int = 0) -> Path:
     """Where the trained weights of this configuration are (or will be) cached."""
     return cache_dir() / "testbeds" / f"recworld-llama-{_key(world, preset, seed)}.pt"
 
@@ -210,7 +147,7 @@ class TrainedDecoder:
 
 
 def load_or_train(
-    world: RecWorld, preset: DecoderPreset, seed: int = 0, device: str = "cpu", retrain: bool = False
+    world: RecWorld, preset: DecoderSizes, seed: int = 0, device: str = "cpu", retrain: bool = False
 ) -> TrainedDecoder:
     """The trained decoder for (world, preset, seed): from the cache, or trained now and cached."""
     path = weights_path(world, preset, seed)
@@ -262,7 +199,7 @@ def item_log_probs(model: torch.nn.Module, batch: PromptBatch) -> np.ndarray:
 def delta_o_check(
     model: torch.nn.Module, prompt, placebo: torch.Tensor, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Chapter 1's Δo comparison (``lrgd.equivalence.delta_o_study``) with an explicit placebo span.
+    """Chapter 1's Δo comparison (``lrgd.dual.equivalence.delta_o_study``) with an explicit placebo span.
 
     The testbed's query history is shorter than its demonstrations, so the chapter-1 placebo (a
     non-demonstration block of the demonstrations' length) does not fit; here the caller names the
@@ -270,10 +207,10 @@ def delta_o_check(
     (cos(Δo, ΔW_ICL q)), ``cos_softmax`` (cos(Δo, η(o_D − o_Z))), ``cos_placebo``, ``cos_random``,
     ``direct_ratio`` and ``indirect_ratio`` (‖·‖/‖Δo‖) and ``rebuild_error``.
     """
-    from lrgd.dual import cosine, heads_linear_update, relative_error
-    from lrgd.equivalence import split_at
+    from lrgd.dual.algebra import cosine, heads_linear_update, relative_error
+    from lrgd.dual.equivalence import split_at
     from lrgd.llm import forward_captured
-    from lrgd.prompts import drop_span
+    from lrgd.rec.prompts import drop_span
 
     demo = prompt.demo_mask
     if (placebo & demo).any():

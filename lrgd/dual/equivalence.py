@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lrgd.dual import cosine, heads_linear_update, heads_split, relative_error
+from lrgd.dual.algebra import cosine, heads_linear_update, heads_split, relative_error
 from lrgd.llm import Captured, forward_captured
-from lrgd.prompts import Prompt, drop_span
+from lrgd.rec.prompts import Prompt, drop_span
 
 
 def split_at(cap: Captured, demo: torch.Tensor, pos: int = -1, dtype=torch.float64):

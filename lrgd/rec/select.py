@@ -15,10 +15,10 @@ comes from the evaluated user. Rejections are counted.
                 carry order but no timestamps, so "most recent" is read on the evaluated user's history.
                 Falls back to random when fewer than k anchored demonstrations exist (counted).
 ``similarity``  the pool users whose history is most similar to the evaluated user's (cosine of
-                all-MiniLM-L6-v2 embeddings, :mod:`lrgd.embed`); the pool is a seeded sample
+                all-MiniLM-L6-v2 embeddings, :mod:`lrgd.rec.embed`); the pool is a seeded sample
 ``popular``     demonstrations whose next item is among the most popular training items (distinct)
 ``effect``      candidates ranked by Effect_D on the user's validation item (chapter 3); the ranking is
-                computed by :class:`lrgd.effect_select.EffectRanker` and passed in as ``ranking``
+                computed by :class:`lrgd.demos.effect_select.EffectRanker` and passed in as ``ranking``
 ``effect-global``  the same ranked by Effect_D averaged over validation users, shared by every user
 ==============  =====================================================================================
 
@@ -36,7 +36,7 @@ from functools import cached_property
 import numpy as np
 
 from lrgd.errors import ConfigError, DataError
-from lrgd.prompts import Demonstration
+from lrgd.rec.prompts import Demonstration
 
 EFFECT_SELECTORS = ("effect", "effect-global")
 SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular", *EFFECT_SELECTORS)
@@ -115,7 +115,7 @@ class DemoPool:
         """``k`` demonstrations for ``user`` by ``method``; ``query`` is the user's history (ids).
 
         ``ranking`` (pool user, cut) best first is what the Effect_D selectors take, from
-        :class:`lrgd.effect_select.EffectRanker`; ``None`` there means the user has no validation prompt
+        :class:`lrgd.demos.effect_select.EffectRanker`; ``None`` there means the user has no validation prompt
         and the demonstrations are drawn at random (counted as fallbacks)."""
         if method not in SELECTORS:
             raise ConfigError(
@@ -219,7 +219,7 @@ class DemoPool:
     @cached_property
     def _sim_matrix(self) -> np.ndarray:
         if self.embedder is None:
-            raise ConfigError("the similarity selector needs an embedder (lrgd.embed.Embedder)")
+            raise ConfigError("the similarity selector needs an embedder (lrgd.rec.embed.Embedder)")
         texts = [
             self.history_text(self.make(u, len(self.split.train[u]) - 1)[0].history) for u in self._sim_users
         ]

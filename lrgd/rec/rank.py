@@ -17,7 +17,7 @@ The first title token's log-prob comes from the prompt's last logits, so a title
 - ``summed``: :math:`\\sum_t \\log p(y_t \\mid \\text{prompt}, y_{<t})` — favours short titles;
 - ``mean``: ``summed / L`` — length-normalised, favours long titles;
 - ``pmi``: ``summed`` minus the same title's summed log-prob under a history-free *null* prompt
-  (:func:`lrgd.prompts.null_prompt_parts`): how much the user's context raised the title.
+  (:func:`lrgd.rec.prompts.null_prompt_parts`): how much the user's context raised the title.
 
 :func:`generate_and_parse` is the other mode: the model writes a ranked list of listed candidates and
 its lines are mapped back to item ids by fuzzy matching.
@@ -106,7 +106,7 @@ def _check_window(model, n_prompt: int, conts: Sequence[Sequence[int]], max_new_
         raise ModelError(
             f"prompt ({n_prompt} tokens) plus the longest title ({longest}) exceed the context "
             f"window of {limit}; use fewer demonstrations or a shorter history "
-            "(lrgd.prompts.fit_prompt truncates)"
+            "(lrgd.rec.prompts.fit_prompt truncates)"
         )
     window = getattr(cfg, "sliding_window", None)
     if window is not None:

@@ -232,7 +232,7 @@ def slot_prompt(
     chat: bool,
     slot: int,
 ) -> SlotPrompt:
-    """Tokenise zero-shot prompt pieces (from :func:`lrgd.prompts.prompt_parts` with no demonstrations)
+    """Tokenise zero-shot prompt pieces (from :func:`lrgd.rec.prompts.prompt_parts` with no demonstrations)
     around an empty slot placed right after the instruction.
 
     Pieces are tokenised separately (prefix, rest, target), exactly as :func:`demo_tokens` tokenises a
@@ -258,7 +258,7 @@ def slot_prompt(
 
 
 def demo_tokens(tokenizer, history: tuple[str, ...] | list[str], next_item: str) -> torch.Tensor:
-    """Token ids of one demonstration as it appears in the slot (same text as in :mod:`lrgd.prompts`)."""
+    """Token ids of one demonstration as it appears in the slot (same text as in :mod:`lrgd.rec.prompts`)."""
     text = f"Example 1. Bought: {'; '.join(history)}.\nNext: {next_item}\n\n"
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lrgd.baselines import REFERENCES, References
-from lrgd.config import get_profile, results_dir
-from lrgd.data import DATASETS, Dataset, Split, leave_one_out, load_dataset, sample_candidates
+from lrgd.config import EvalSizes, get_profile, results_dir
 from lrgd.errors import ConfigError, DataError
+from lrgd.rec.data import DATASETS, Dataset, Split, leave_one_out, load_dataset, sample_candidates
+from lrgd.rec.references import REFERENCES, References
+from lrgd.rec.select import EFFECT_SELECTORS, SELECTORS
 from lrgd.results import write_json
-from lrgd.select import EFFECT_SELECTORS, SELECTORS
 
 METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 METHODS = SELECTORS + REFERENCES
@@ -103,63 +103,9 @@ def summarize(ranks: Sequence[int], n_boot: int = 2000, seed: int = 0) -> dict[s
 # ----------------------------------------------------------------------------- presets and configs
 
 
-@dataclass(frozen=True)
-class EvalPreset:
-    """Sizes of chapter 2 per profile (validated through :func:`lrgd.config.get_profile`).
-
-    ``ci`` is cut to fit one first execution of the chapter in about 5 minutes on 2 CPU cores: 20 users
-    per dataset, demonstrations (k > 0) only on the two datasets with short titles (``icl_datasets``),
-    the variant chosen on two datasets, the k curve and the position check on fewer users (the first
-    users of the table's sample, so their k = 0 and k = 2 runs are read from the table's cache).
-    """
-
-    name: str
-    n_users: int | None  # test users per dataset (None: all)
-    n_valid_users: int | None  # validation users per dataset, to choose the score variant
-    valid_datasets: tuple[str, ...]  # where the variant is chosen (pooled)
-    similarity_pool: int  # pool users embedded for the similarity selector
-    table_datasets: tuple[str, ...]
-    table_methods: tuple[str, ...]  # LLM selectors in the main table (k = table_k); zero-shot everywhere
-    icl_datasets: tuple[str, ...]  # datasets where the k > 0 selectors run
-    table_k: int
-    curve_dataset: str
-    curve_method: str
-    curve_ks: tuple[int, ...]
-    curve_users: int | None
-    bias_dataset: str
-    bias_users: int | None
-    generate_users: int
-    n_boot: int = 2000
-
-
-_TABLE = ("amazon-beauty", "amazon-toys", "amazon-games", "ml-100k")
-_ALL_SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular")
-PRESETS = {
-    "ci": EvalPreset(
-        name="ci", n_users=20, n_valid_users=20, valid_datasets=("amazon-games", "ml-100k"),
-        similarity_pool=300, table_datasets=_TABLE, table_methods=("zero-shot", "random", "similarity"),
-        icl_datasets=("amazon-games", "ml-100k"), table_k=2, curve_dataset="amazon-games",
-        curve_method="random", curve_ks=(0, 1, 2, 4), curve_users=10, bias_dataset="amazon-games",
-        bias_users=10, generate_users=3,
-    ),
-    "full": EvalPreset(
-        name="full", n_users=500, n_valid_users=200, valid_datasets=_TABLE, similarity_pool=5000,
-        table_datasets=_TABLE, table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, table_k=2,
-        curve_dataset="amazon-games", curve_method="similarity", curve_ks=(0, 1, 2, 4), curve_users=500,
-        bias_dataset="amazon-games", bias_users=200, generate_users=50,
-    ),
-    "gpu": EvalPreset(
-        name="gpu", n_users=None, n_valid_users=1000, valid_datasets=_TABLE, similarity_pool=50000,
-        table_datasets=_TABLE, table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, table_k=2,
-        curve_dataset="amazon-games", curve_method="similarity", curve_ks=(0, 1, 2, 4, 8), curve_users=5000,
-        bias_dataset="amazon-games", bias_users=2000, generate_users=500,
-    ),
-}  # fmt: skip
-
-
-def get_preset(profile: str | None = None) -> EvalPreset:
-    """The chapter-2 preset of ``profile`` (``ci`` | ``full`` | ``gpu``)."""
-    return PRESETS[get_profile(profile).name]
+def get_preset(profile: str | None = None) -> EvalSizes:
+    """Chapter 2's section of ``profile`` (``ci`` | ``full`` | ``gpu``): ``get_profile(profile).eval``."""
+    return get_profile(profile).eval
 
 
 @dataclass(frozen=True)
@@ -320,7 +266,7 @@ class Runner:
         data_dir: Path | None = None,
     ) -> None:
         self.profile = get_profile(profile).name
-        self.preset = PRESETS[self.profile]
+        self.preset = get_profile(profile).eval
         self.device = device
         self.quiet = quiet
         self.root = (
@@ -376,13 +322,13 @@ class Runner:
 
     def embedder(self):
         if self._embedder is None:
-            from lrgd.embed import Embedder
+            from lrgd.rec.embed import Embedder
 
             self._embedder = Embedder("cpu" if self.device == "auto" else self.device)
         return self._embedder
 
     def pool(self, cfg: EvalConfig):
-        from lrgd.select import DemoPool
+        from lrgd.rec.select import DemoPool
 
         st = self.data(cfg.dataset)
         key = (cfg.history_len, cfg.seed, cfg.similarity_pool)
@@ -396,7 +342,7 @@ class Runner:
     def effect_ranking(self, cfg: EvalConfig, user: str):
         """The Effect_D ranking of candidate demonstrations for ``user`` (``effect``) or for everyone
         (``effect-global``, over the last ``effect_users`` of the seeded validation-user order)."""
-        from lrgd.effect_select import EffectRanker
+        from lrgd.demos.effect_select import EffectRanker
 
         key = (cfg.dataset, cfg.model, cfg.history_len, cfg.seed, cfg.effect_pool)
         if key not in self._rankers:
@@ -588,13 +534,13 @@ class Runner:
         """Token ids of ``sep + title`` (cached by title: item ids are not unique across datasets)."""
         key = (cfg.model, sep, title)
         if key not in self._token_cache:
-            from lrgd.rank import continuation_ids
+            from lrgd.rec.rank import continuation_ids
 
             self._token_cache[key] = continuation_ids(self.lm(cfg.model).tokenizer, [title], sep)[0]
         return self._token_cache[key]
 
     def _evaluate_user(self, cfg: EvalConfig, user: str, cand: list[str]) -> dict:
-        from lrgd.rank import target_rank
+        from lrgd.rec.rank import target_rank
 
         t0 = time.perf_counter()
         st = self.data(cfg.dataset)
@@ -618,14 +564,14 @@ class Runner:
     def _evaluate_llm_user(self, cfg, user, hist, target, cand, rec, t0) -> dict:
         import torch
 
-        from lrgd.prompts import (
+        from lrgd.rec.prompts import (
             build_prompt,
             fit_prompt,
             generate_prompt_parts,
             null_prompt_parts,
             prompt_parts,
         )
-        from lrgd.rank import (
+        from lrgd.rec.rank import (
             continuation_sep,
             generate_and_parse,
             score_continuations,
@@ -700,8 +646,8 @@ class Runner:
 
 def choose_variant(results: Sequence[dict], metric: str = "NDCG@10") -> tuple[str, dict[str, float]]:
     """The score variant with the best mean ``metric`` pooled over the users of ``results``
-    (validation runs); ties go to the earlier of :data:`lrgd.rank.SCORE_VARIANTS`."""
-    from lrgd.rank import SCORE_VARIANTS
+    (validation runs); ties go to the earlier of :data:`lrgd.rec.rank.SCORE_VARIANTS`."""
+    from lrgd.rec.rank import SCORE_VARIANTS
 
     pooled = {}
     for v in SCORE_VARIANTS:

@@ -1,11 +1,11 @@
 """Choosing demonstrations by Effect_D (chapter 3) for the chapter-2 evaluator.
 
 ``python -m lrgd evaluate --method effect --k 2`` and ``--method effect-global`` rank a fixed set of
-candidate demonstrations by Effect_D (Eq. ``effect`` in :mod:`lrgd.effect`, our reconstruction of the
+candidate demonstrations by Effect_D (Eq. ``effect`` in :mod:`lrgd.demos.effect`, our reconstruction of the
 paper's metric) and put the best ``k`` into the prompt:
 
 * **candidates**: ``M`` demonstrations per dataset, the final training transitions of a seeded sample of
-  pool users (:class:`lrgd.select.DemoPool`). Their keys and values at the demonstration slot are
+  pool users (:class:`lrgd.rec.select.DemoPool`). Their keys and values at the demonstration slot are
   computed once: ``M`` forward passes.
 * ``effect`` (per user): one forward and one backward pass of the evaluated user's **validation** prompt
   (training history → validation item; the test item is never used), then Effect_D of every candidate
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrgd import effect as fx
+from lrgd.demos import effect as fx
 from lrgd.errors import ConfigError
-from lrgd.prompts import prompt_parts, titled
-from lrgd.select import EFFECT_SELECTORS, DemoPool
+from lrgd.rec.prompts import prompt_parts, titled
+from lrgd.rec.select import EFFECT_SELECTORS, DemoPool
 
 __all__ = ["EFFECT_SELECTORS", "EffectRanker", "EffectRanking"]
 
@@ -47,7 +47,7 @@ class EffectRanking:
 class EffectRanker:
     """Effect_D of ``n_demos`` candidate demonstrations for validation prompts of a dataset.
 
-    ``positions`` selects the attention outputs over which ∂L_u/∂o is taken (:data:`lrgd.effect.POSITIONS`);
+    ``positions`` selects the attention outputs over which ∂L_u/∂o is taken (:data:`lrgd.demos.effect.POSITIONS`);
     ``"target"`` (the target title's tokens) keeps the per-user cost at one forward and one backward pass
     of the validation prompt plus small tensor products.
     """

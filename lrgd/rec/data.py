@@ -539,6 +539,6 @@ def write_synthetic(ds: Dataset, folder: Path, fmt: str) -> Path:
     return folder
 
 
-if __name__ == "__main__":  # python -m lrgd.data [names...]: print the stats of each dataset
+if __name__ == "__main__":  # python -m lrgd.rec.data [names...]: print the stats of each dataset
     for name in sys.argv[1:] or DATASETS:
         print(name, load_dataset(name).stats())

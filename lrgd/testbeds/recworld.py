@@ -36,20 +36,18 @@ A demonstration's *true usefulness* is its pointwise information about the query
 ``log p(g* | history, d_j) − log p(g* | history)`` under (B2), in nats.
 
 Ranking metrics (HR@K, NDCG@K with one relevant item, percentile bootstrap) live here privately, so
-this file does not depend on :mod:`lrgd.evaluate`.
+this file does not depend on :mod:`lrgd.rec.evaluate`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from lrgd.config import get_profile
+from lrgd.config import N_WORLD_SPECIALS, WorldConfig
 from lrgd.errors import ConfigError
 
 KINDS = ("same", "other", "corrupted")
@@ -59,79 +57,10 @@ SAME, OTHER, CORRUPTED = 0, 1, 2
 BOS, SEP, ARROW, QUERY = 0, 1, 2, 3
 SPECIALS = ("<bos>", "<sep>", "->", "<query>")
 N_SPECIAL = len(SPECIALS)
+assert N_SPECIAL == N_WORLD_SPECIALS  # WorldConfig.vocab_size counts them
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Sizes and knobs of the world, Eq. (B1). All defaults are the ``ci`` world."""
-
-    n_items: int = 96
-    n_clusters: int = 2
-    groups_per_cluster: int = 6
-    latent_dim: int = 8
-    temperature: float = 0.7
-    cluster_scale: float = 1.0
-    group_spread: float = 2.0
-    popularity: float = 0.5
-    history_specificity: float = 0.2  # 1: history items follow the user's own taste; 0: only its cluster's
-    user_noise: float = 0.0
-    drift: float = 0.0
-    history_len: int = 3  # query user's items
-    demo_history_len: int = 4  # a demonstration's history (its next item follows)
-    n_candidates: int = 20
-    kind_probs: tuple[float, float, float] = (0.6, 0.2, 0.2)  # same, other, corrupted (training prior)
-    k_max: int = 6
-
-    @property
-    def n_groups(self) -> int:
-        return self.n_clusters * self.groups_per_cluster
-
-    @property
-    def vocab_size(self) -> int:
-        return N_SPECIAL + self.n_items
-
-    def seq_len(self, k: int) -> int:
-        """Tokens of a prompt with ``k`` demonstrations: BOS, k × (history → next SEP), QUERY history →."""
-        return 1 + k * (self.demo_history_len + 3) + 1 + self.history_len + 1
-
-    def validate(self) -> WorldConfig:
-        if self.n_groups < 2:
-            raise ConfigError("a world needs at least 2 groups (n_clusters × groups_per_cluster ≥ 2)")
-        if self.n_candidates < 2 or self.n_candidates > self.n_items:
-            raise ConfigError(f"n_candidates={self.n_candidates} must lie in 2..n_items={self.n_items}")
-        if self.history_len < 1 or self.demo_history_len < 1:
-            raise ConfigError("history_len and demo_history_len must be ≥ 1")
-        p = np.asarray(self.kind_probs, dtype=float)
-        if p.shape != (3,) or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-9):
-            raise ConfigError(f"kind_probs={self.kind_probs} must be 3 non-negative numbers summing to 1")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
-        return self
-
-    def digest(self) -> str:
-        """A short hash of every field (used in cache keys)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-WORLD_PRESETS: dict[str, WorldConfig] = {
-    "ci": WorldConfig(),
-    "full": WorldConfig(),
-    "gpu": WorldConfig(n_items=192, n_clusters=6, groups_per_cluster=4, latent_dim=12, k_max=8),
-}
-
-
-def world_config(profile: str | None = None, **overrides) -> WorldConfig:
-    """The world preset of ``profile`` (validated by :func:`lrgd.config.get_profile`), with overrides."""
-    cfg = WORLD_PRESETS[get_profile(profile).name]
-    bad = set(overrides) - set(WorldConfig.__dataclass_fields__)
-    if bad:
-        raise ConfigError(
-            f"unknown world option(s) {sorted(bad)}; valid: {sorted(WorldConfig.__dataclass_fields__)}"
-        )
-    return replace(cfg, **overrides).validate()
 
 
 # ----------------------------------------------------------------------------- containers
@@ -209,7 +138,7 @@ class PromptBatch:
         return np.concatenate(parts, axis=1).astype(np.int64)
 
     def spans(self) -> dict[str, tuple[int, int]]:
-        """Token span of every part, as :class:`lrgd.prompts.Prompt` names them."""
+        """Token span of every part, as :class:`lrgd.rec.prompts.Prompt` names them."""
         spans = {"instruction": (0, 1)}
         width = self.demos.history.shape[-1] + 3
         for j in range(self.k):
@@ -221,8 +150,8 @@ class PromptBatch:
         return spans
 
     def prompt(self, i: int):
-        """Prompt ``i`` as a :class:`lrgd.prompts.Prompt` (for :mod:`lrgd.equivalence`)."""
-        from lrgd.prompts import Prompt
+        """Prompt ``i`` as a :class:`lrgd.rec.prompts.Prompt` (for :mod:`lrgd.dual.equivalence`)."""
+        from lrgd.rec.prompts import Prompt
 
         ids = self.tokens()[i]
         text = " ".join(SPECIALS[t] if t < N_SPECIAL else f"i{t - N_SPECIAL}" for t in ids)
@@ -513,13 +442,13 @@ def icl_sweep(
 
 
 def slot_prompts(queries: Queries, width: int, validation: bool = False) -> list:
-    """Each query as a :class:`lrgd.effect.SlotPrompt` with one demonstration slot of ``width`` tokens.
+    """Each query as a :class:`lrgd.demos.effect.SlotPrompt` with one demonstration slot of ``width`` tokens.
 
     Layout: BOS · [slot] · QUERY h… → · target, so a demonstration placed in the slot gives exactly
     the k = 1 prompt of :meth:`PromptBatch.tokens`. ``validation=True`` uses the history's last item
     as the target (and the history before it): a target that is not the held-out test item.
     """
-    from lrgd.effect import SlotPrompt
+    from lrgd.demos.effect import SlotPrompt
 
     out = []
     for h, t in zip(queries.history, queries.target):

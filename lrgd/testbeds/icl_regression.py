@@ -31,60 +31,14 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from lrgd.config import cache_dir, get_profile
-from lrgd.dual import rope
+from lrgd.config import RegressionSizes, cache_dir
+from lrgd.dual.algebra import rope
 from lrgd.errors import ConfigError, ModelError
 from lrgd.progress import progress
 from lrgd.results import save_torch
 
 #: bump when the training loop changes, so stale cached weights are not reused
 TRAIN_CODE_VERSION = "2"
-
-
-@dataclass(frozen=True)
-class RegressionPreset:
-    """Task sizes and the training schedule of the LSA models."""
-
-    dim: int = 10
-    n_ctx: int = 10  # context size N used in training
-    noise: float = 0.0
-    key_dim: int = 12  # width of W_Q, W_K (even, ≥ dim + 1)
-    wide_key_dim: int = 44  # a wider head for the RoPE variant (room for slow rotation pairs)
-    depths: tuple[int, ...] = (1, 2)
-    steps: int = 3000  # depth 1
-    deep_steps: int = 5000  # depth ≥ 2 (deeper LSAs leave a plateau slowly)
-    deep_lr: float = 2e-3
-    batch: int = 128
-    lr: float = 2e-3
-    eval_tasks: int = 2000
-    eval_ns: tuple[int, ...] = (2, 4, 6, 8, 10, 14, 20, 30, 40)
-    threads: int = 1
-
-
-REGRESSION_PRESETS: dict[str, RegressionPreset] = {
-    "ci": RegressionPreset(),
-    "full": RegressionPreset(depths=(1, 2, 3), steps=8000, deep_steps=20000, deep_lr=1e-3, eval_tasks=8000),
-    "gpu": RegressionPreset(
-        depths=(1, 2, 3), steps=10000, deep_steps=30000, deep_lr=1e-3, batch=512, eval_tasks=20000
-    ),
-}
-
-
-def regression_preset(profile: str | None = None, **overrides) -> RegressionPreset:
-    """The preset of ``profile`` (validated by :func:`lrgd.config.get_profile`), with overrides."""
-    cfg = REGRESSION_PRESETS[get_profile(profile).name]
-    bad = set(overrides) - set(RegressionPreset.__dataclass_fields__)
-    if bad:
-        raise ConfigError(
-            f"unknown regression option(s) {sorted(bad)}; "
-            f"valid: {sorted(RegressionPreset.__dataclass_fields__)}"
-        )
-    out = replace(cfg, **overrides)
-    if out.key_dim % 2 or out.wide_key_dim % 2 or out.key_dim < out.dim + 1:
-        raise ConfigError(
-            f"key_dim={out.key_dim} must be even and ≥ dim + 1 = {out.dim + 1} (RoPE rotates pairs)"
-        )
-    return out
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -249,7 +203,7 @@ def sensitivity(predict, tasks: Tasks) -> torch.Tensor:
 
 
 def train_lsa(
-    model: LinearSelfAttention, preset: RegressionPreset, seed: int = 0, desc: str = "train LSA"
+    model: LinearSelfAttention, preset: RegressionSizes, seed: int = 0, desc: str = "train LSA"
 ) -> list[tuple[int, float]]:
     """Adam (cosine decay to 10 %) on the squared error of fresh tasks each step.
 
@@ -281,7 +235,7 @@ def train_lsa(
     return curve
 
 
-def _key(preset: RegressionPreset, depth: int, key_dim: int, use_rope: bool, seed: int) -> str:
+def _key(preset: RegressionSizes, depth: int, key_dim: int, use_rope: bool, seed: int) -> str:
     blob = {
         "preset": {k: v for k, v in asdict(preset).items() if k not in ("eval_tasks", "eval_ns")},
         "depth": depth,
@@ -294,7 +248,7 @@ def _key(preset: RegressionPreset, depth: int, key_dim: int, use_rope: bool, see
 
 
 def load_or_train_lsa(
-    preset: RegressionPreset, depth: int, use_rope: bool = False, key_dim: int | None = None, seed: int = 0
+    preset: RegressionSizes, depth: int, use_rope: bool = False, key_dim: int | None = None, seed: int = 0
 ) -> tuple[LinearSelfAttention, list[tuple[int, float]], bool]:
     """A trained LSA (from ``cache_dir()/testbeds`` when present) → (model, loss curve, from_cache)."""
     key_dim = key_dim or preset.key_dim
