@@ -39,7 +39,7 @@ class Checks:
         fmt: str = "{:.1e}",
         tfmt: str = "{:.0e}",
     ) -> bool:
-        """Record ``value ≤ threshold`` (``≥`` with ``at_least``) under ``name``, print one line, return it."""
+        """Record ``value ≤ threshold`` (``≥`` with ``at_least``) as ``name``; print one line; return it."""
         if kind not in KINDS:
             raise ValueError(f"unknown check kind {kind!r}; choose one of {', '.join(KINDS)}")
         value = float(value)

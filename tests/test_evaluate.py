@@ -1,4 +1,4 @@
-"""Tests of lrgd.rec.evaluate: hand-computed metrics, bootstrap, presets, the runner's caching and resumption."""
+"""Tests of lrgd.rec.evaluate: hand-computed metrics, bootstrap, the runner's caching and resumption."""
 
 from __future__ import annotations
 

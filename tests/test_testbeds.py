@@ -1,4 +1,4 @@
-"""Tests of the chapter-1b testbeds: lrgd.testbeds.icl_regression (A), lrgd.testbeds.recworld and lrgd.testbeds.tiny_decoder (B)."""
+"""Tests of the chapter-1b testbeds: in-context regression (A), the recommendation world (B)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ class EffectRanking:
 class EffectRanker:
     """Effect_D of ``n_demos`` candidate demonstrations for validation prompts of a dataset.
 
-    ``positions`` selects the attention outputs over which ∂L_u/∂o is taken (:data:`lrgd.demos.effect.POSITIONS`);
+    ``positions`` selects the attention outputs over which ∂L_u/∂o is taken
+    (:data:`lrgd.demos.effect.POSITIONS`);
     ``"target"`` (the target title's tokens) keeps the per-user cost at one forward and one backward pass
     of the validation prompt plus small tensor products.
     """
