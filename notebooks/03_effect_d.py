@@ -72,6 +72,7 @@ from IPython.display import display
 from scipy.stats import spearmanr
 
 from lrgd.demos import effect as fx
+from lrgd.demos import testbed_effect as tbe
 from lrgd.testbeds import recworld as rw
 from lrgd.testbeds import tiny_decoder as td
 from lrgd.config import get_profile, resolve_device, results_dir
@@ -153,15 +154,15 @@ net = trained.model
 rng = np.random.default_rng([seed, 3])
 n_q, n_pool = cfg.effect.testbed_queries, cfg.effect.testbed_pool
 queries = world.sample_queries(n_q, rng)
-pool = rw.demo_pool(world, n_pool, rng)
+pool = tbe.demo_pool(world, n_pool, rng)
 width = wcfg.demo_history_len + 3
-users_tb = rw.slot_prompts(queries, width)
-pool_ids = rw.pool_tokens(pool)
+users_tb = tbe.slot_prompts(queries, width)
+pool_ids = tbe.pool_tokens(pool)
 d_tb, u_tb = fx.demo_states(net, users_tb, pool_ids), fx.user_states(net, users_tb)
 E_tb = fx.effect_matrix(d_tb, u_tb).numpy()
 G_tb = fx.true_gain_matrix(net, users_tb, pool_ids).numpy()
-U_tb = world.demo_usefulness(rw.PromptBatch(queries, rw.pool_for(queries, pool))).T  # [M, N]
-kind_tb = rw.pool_for(queries, pool).kind.T
+U_tb = world.demo_usefulness(rw.PromptBatch(queries, tbe.pool_for(queries, pool))).T  # [M, N]
+kind_tb = tbe.pool_for(queries, pool).kind.T
 print(f"{n_pool} demonstrations × {n_q} users = {E_tb.size} pairs")
 
 # %%
@@ -203,9 +204,9 @@ check("testbed B: Spearman(Effect_D, true gain), lower CI", corr_tb.iloc[0, 1], 
 k_sel = 2
 val_users = world.sample_queries(n_q, np.random.default_rng([seed, 4]))
 E_val_self = fx.effect_matrix(
-    d_tb, fx.user_states(net, rw.slot_prompts(queries, width, validation=True))
+    d_tb, fx.user_states(net, tbe.slot_prompts(queries, width, validation=True))
 ).numpy()
-E_val_global = fx.effect_matrix(d_tb, fx.user_states(net, rw.slot_prompts(val_users, width))).numpy().mean(1)
+E_val_global = fx.effect_matrix(d_tb, fx.user_states(net, tbe.slot_prompts(val_users, width))).numpy().mean(1)
 rng_sel = np.random.default_rng([seed, 5])
 choices = {
     "random": np.stack([rng_sel.choice(n_pool, k_sel, replace=False) for _ in range(n_q)]),
@@ -214,11 +215,11 @@ choices = {
     "oracle usefulness": np.argsort(-U_tb, axis=0)[:k_sel].T,
     "Effect_D on the held-out item (peeks)": np.argsort(-E_tb, axis=0)[:k_sel].T,
 }
-zero = rw.PromptBatch(queries, rw.select_demos(queries, pool, np.zeros((n_q, 0), dtype=int)))
+zero = rw.PromptBatch(queries, tbe.select_demos(queries, pool, np.zeros((n_q, 0), dtype=int)))
 ndcg = {"zero-shot": rw.ranking_metrics(td.score_candidates(net, zero))["NDCG@10"]}
 bayes = {"zero-shot": rw.ranking_metrics(world.bayes_scores(zero))["NDCG@10"]}
 for name, ch in choices.items():
-    batch = rw.PromptBatch(queries, rw.select_demos(queries, pool, ch))
+    batch = rw.PromptBatch(queries, tbe.select_demos(queries, pool, ch))
     ndcg[name] = rw.ranking_metrics(td.score_candidates(net, batch))["NDCG@10"]
     bayes[name] = rw.ranking_metrics(world.bayes_scores(batch))["NDCG@10"]
 sel_tb = pd.DataFrame(

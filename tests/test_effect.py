@@ -91,21 +91,22 @@ def test_testbed_slot_prompt_with_demo_is_the_k1_prompt():
     import numpy as np
 
     from lrgd.config import get_profile
+    from lrgd.demos import testbed_effect as tbe
     from lrgd.testbeds import recworld as rw
 
     wcfg = get_profile("ci").world
     world = rw.RecWorld.generate(wcfg, 0)
     rng = np.random.default_rng(0)
     q = world.sample_queries(5, rng)
-    pool = rw.demo_pool(world, 4, rng)
+    pool = tbe.demo_pool(world, 4, rng)
     width = wcfg.demo_history_len + 3
-    sps, ids = rw.slot_prompts(q, width), rw.pool_tokens(pool)
-    batch = rw.PromptBatch(q, rw.select_demos(q, pool, np.full((5, 1), 2)))
+    sps, ids = tbe.slot_prompts(q, width), tbe.pool_tokens(pool)
+    batch = rw.PromptBatch(q, tbe.select_demos(q, pool, np.full((5, 1), 2)))
     for i in range(5):
         seq, pos, _ = sps[i].layout(ids[2])
         assert torch.equal(seq[:-1], torch.as_tensor(batch.tokens()[i]))  # + the target token
         assert torch.equal(pos, torch.arange(len(seq)))  # the demo fills the slot exactly
-    full = rw.pool_for(q, pool)
+    full = tbe.pool_for(q, pool)
     same = full.group == q.group[:, None]
     assert ((full.kind == rw.SAME) == same).all()
     assert ((full.kind == rw.CORRUPTED) == (full.group < 0)).all()
