@@ -2,7 +2,9 @@
 #   make book   # venv + install + execute every notebook (papermill) + build the HTML book
 #   make test   # venv + install + execute notebooks + unit tests + nbval + ruff
 # Parameters (papermill → each notebook's `parameters` cell):
-#   PROFILE=ci|full|gpu   DEVICE=auto|cpu|cuda   MODEL=smollm2-135m|gemma3-270m|/path/to/hf-model   SEED=0
+#   PROFILE=ci|full|gpu   DEVICE=auto|cpu|cuda   MODEL=smollm2-135m|gemma3-270m|/path/to/hf-model
+#   DATASET=amazon-games|amazon-beauty|amazon-toys|amazon-scientific|ml-100k   SEED=0
+#   (each notebook receives only the parameters its `parameters` cell declares)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -16,18 +18,19 @@ PROFILE := ci
 endif
 DEVICE ?= auto
 MODEL  ?= smollm2-135m
+DATASET ?= amazon-games
 SEED   ?= 0
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
 LIB      := $(shell find lrgd -name "*.py")
-PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p seed $(SEED)
+PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p dataset $(DATASET) -p seed $(SEED)
 STAMP    := $(VENV)/.installed
 
 .PHONY: help venv notebooks book test unit nbval lint format bench clean FORCE
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,8p' Makefile
 
 # ---------------------------------------------------------------- environment
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
@@ -46,10 +49,10 @@ _build/notebooks/.params: FORCE
 	@mkdir -p $(@D)
 	@echo '$(PARAMS)' | cmp -s - $@ || echo '$(PARAMS)' > $@
 
-_build/notebooks/%.ipynb: notebooks/%.py $(LIB) _build/notebooks/.params $(STAMP)
-	@echo "== executing $< [$(PARAMS)]"
-	@$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $<
-	@$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $(PARAMS) \
+_build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py _build/notebooks/.params $(STAMP)
+	@p="$$($(BIN)/python scripts/nb_params.py $< $(PARAMS))"; echo "== executing $< [$$p]"; \
+	$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $< && \
+	$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $$p \
 	  || { echo "!! $< failed; the failing cell is shown above. Partial output: $(@D)/$*.run.ipynb"; exit 1; }
 	@mv $(@D)/$*.run.ipynb $@ && rm -f $(@D)/$*.src.ipynb
 
