@@ -187,11 +187,37 @@ def test_ml100k_orders_by_timestamp_then_row(tmp_path: Path) -> None:
     assert ds.sequences == {"5": ["1"], "7": ["1", "3", "2"]}  # ties on timestamp 20 keep row order
     assert ds.items["1"].categories == ("Animation", "Children's", "Comedy")
     assert not ds.items["2"].has_title
+    assert ds.title("1") == "Toy Story (1995)" and ds.title("3") == "Heat (1995)"
     write(folder, "ml-100k.inter", inter + "7\t3\t4\tlate\n")
     with pytest.raises(
         DataError, match=r"ml-100k\.inter:2: expected 4 tab-separated fields.*found '7\\t3\\t4\\tlate'"
     ):
         load_dataset("ml-100k", data_dir=tmp_path)
+
+
+def test_ml100k_titles_keep_the_year(tmp_path: Path) -> None:
+    """Two films named "Cape Fear" are two titles; a film entered twice (same year) stays a title twin."""
+    head = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    rows = "1\tCape Fear\t1991\tThriller\n2\tCape Fear\t1962\tThriller\n3\tDeceiver\t1997\tCrime\n"
+    rows += "4\tDeceiver\t1997\tCrime\n5\tLand Before Time III (1995)\tV\tAnimation\n"
+    folder = write(tmp_path / "ml-100k", "ml-100k.item", head + rows)
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t4\t1\n"
+    write(folder, "ml-100k.inter", inter)
+    ds = load_dataset("ml-100k", data_dir=tmp_path)
+    assert [ds.title(i) for i in "12"] == ["Cape Fear (1991)", "Cape Fear (1962)"]
+    assert ds.title("5") == "Land Before Time III (1995)"  # year column 'V': the title is kept as it is
+    assert ds.title_twins() == {"Deceiver (1997)": ("3", "4")}
+
+
+def test_fingerprint_follows_the_data() -> None:
+    ds = make_synthetic(n_users=5, n_items=12, seed=1)
+    same = make_synthetic(n_users=5, n_items=12, seed=1)
+    assert ds.fingerprint() == same.fingerprint() and len(ds.fingerprint()) == 16
+    same.items["3"] = make_item("3", "Another title")
+    assert ds.fingerprint() != same.fingerprint()
+    same = make_synthetic(n_users=5, n_items=12, seed=1)
+    same.sequences["0"] = same.sequences["0"][::-1]
+    assert ds.fingerprint() != same.fingerprint()
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
@@ -298,6 +324,18 @@ def test_real_dataset_matches_provenance(name: str) -> None:
     assert got == EXPECTED[name]
     assert ds.unknown_items == ()
     assert leave_one_out(ds).skipped == 0
+
+
+def test_real_ml100k_title_twins() -> None:
+    """ML-100k: 22 titles name two items each without the year; with it, 18 (films entered twice) remain."""
+    try:
+        ds = load_dataset("ml-100k")
+    except DataError as e:
+        pytest.skip(f"ml-100k not available: {e}")
+    twins = ds.title_twins()
+    assert len(twins) == 18 and all(len(ids) == 2 for ids in twins.values())
+    assert ds.title("218") == "Cape Fear (1991)" and ds.title("673") == "Cape Fear (1962)"
+    assert twins["Chasing Amy (1997)"] == ("246", "268")
 
 
 def test_real_games_candidates_file() -> None:

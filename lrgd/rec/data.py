@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import html
+import io
 import json
 import re
 import sys
@@ -30,6 +32,7 @@ DATASETS = ("amazon-beauty", "amazon-toys", "amazon-games", "amazon-scientific",
 
 # Titles that are not real titles: empty, "nan"-like, TransRec's "title_<n>", ml-100k's "unkonwn".
 _PLACEHOLDER = re.compile(r"(nan|none|null|unknown|unkonwn|title_\d+)", re.IGNORECASE)
+_FETCH = "see data/README.md for how to obtain it"
 
 
 # ----------------------------------------------------------------------------- containers
@@ -71,6 +74,29 @@ class Dataset:
                 f"{self.name}: item {item_id!r} has no real title; it must not be shown to a model"
             )
         return item.title
+
+    def title_twins(self) -> dict[str, tuple[str, ...]]:
+        """Titles shared by two or more titled items → their ids (in item-file order).
+
+        A model sees titles, not ids: a leakage guard must compare titles too.
+        """
+        ids: dict[str, list[str]] = {}
+        for i, it in self.items.items():
+            if it.has_title:
+                ids.setdefault(it.title, []).append(i)
+        return {t: tuple(v) for t, v in ids.items() if len(v) > 1}
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) of the name, the sequences and the titles: a changed data file changes it.
+
+        Categories are not hashed (nothing downstream of the loader reads them).
+        """
+        h = hashlib.sha256(self.name.encode())
+        for u, s in self.sequences.items():
+            h.update(f"{u}:{' '.join(s)}\n".encode())
+        for i, it in self.items.items():
+            h.update(f"{i}\t{it.title}\t{int(it.has_title)}\n".encode())
+        return h.hexdigest()[:16]
 
     def stats(self) -> dict[str, float]:
         """Counts and history-length statistics over the sequences."""
@@ -123,19 +149,57 @@ def _fail(path: Path, line: int, expected: str, found: str) -> DataError:
     return DataError(f"{path}:{line}: expected {expected}, found {found!r}")
 
 
+def _read_text(path: Path) -> str:
+    """The whole file decoded as UTF-8, or a DataError naming the file (and the line and byte) and the fix."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, expected a data file; move it away ({_FETCH})")
+    if not path.exists():
+        raise DataError(f"missing file {path}; {_FETCH}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file's permissions") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: invalid UTF-8 at byte offset {e.start} ({raw[e.start : e.start + 1]!r}); "
+            "re-save the file as UTF-8 or fetch it again"
+        ) from None
+
+
+def _no_rows(path: Path, header: str | None) -> DataError:
+    after = " after the header" if header is not None else ""
+    return DataError(f"{path}: no data lines{after} (empty file?); {_FETCH}")
+
+
 def _lines(path: Path, header: str | None = None) -> Iterator[tuple[int, str]]:
-    """Yield (line number, line) of a text file, skipping blank lines and checking an optional header."""
-    if not path.is_file():
-        raise DataError(f"missing file {path}; see data/README.md for how to obtain it")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if n == 1 and header is not None:
-                if line != header:
-                    raise _fail(path, 1, f"header {header!r}", line)
-                continue
-            if line.strip():
-                yield n, line
+    """Yield (line number, line) of a text file, skipping blank lines and checking an optional header.
+
+    A file with no data line (empty, or a header only) is a DataError naming it.
+    """
+    rows = 0
+    for n, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
+        line = line.rstrip("\r\n")
+        if n == 1 and header is not None:
+            if line != header:
+                raise _fail(path, 1, f"header {header!r}", line)
+            continue
+        if line.strip():
+            rows += 1
+            yield n, line
+    if rows == 0:
+        raise _no_rows(path, header)
+
+
+def _add_item(items: dict[str, Item], item: Item, path: Path, line: int) -> None:
+    """Insert ``item``; a repeated id is a DataError (a silent "later copy wins" would change targets)."""
+    old = items.get(item.id)
+    if old is not None:
+        also = "" if old.title == item.title else f" with another title ({old.title!r} vs {item.title!r})"
+        raise _fail(path, line, "each item id once", f"repeated item {item.id}{also}")
+    items[item.id] = item
 
 
 def _read_token_sequences(path: Path, what: str) -> dict[str, list[str]]:
@@ -176,29 +240,27 @@ def _load_beauty(folder: Path) -> Dataset:
     """
     seqs = _read_token_sequences(folder / "user_sequence.txt", "asin")
     path = folder / "Amazon_Beauty.item"
-    if not path.is_file():
-        raise DataError(f"missing file {path}; see data/README.md for how to obtain it")
     items: dict[str, Item] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, [])
-        need = ["item_id:token", "title:token", "categories:token_seq"]
-        if any(h not in header for h in need):
-            raise _fail(path, 1, f"a header with {need}", "\t".join(header))
-        col_id, col_title, col_cat = (header.index(h) for h in need)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise _fail(path, reader.line_num, f"{len(header)} tab-separated fields", "\t".join(row))
-            cats = row[col_cat]
-            try:  # "'Beauty', 'Fragrance', \"Women's\"" is a Python literal list without brackets
-                parsed = ast.literal_eval(f"[{cats}]") if cats else []
-            except (ValueError, SyntaxError):
-                raise _fail(path, reader.line_num, "categories like \"'A', 'B'\"", cats) from None
-            if row[col_id] in items:
-                raise _fail(path, reader.line_num, "each item once", f"repeated item {row[col_id]}")
-            items[row[col_id]] = make_item(row[col_id], row[col_title], tuple(map(str, parsed)))
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t")
+    header = next(reader, [])
+    need = ["item_id:token", "title:token", "categories:token_seq"]
+    if any(h not in header for h in need):
+        raise _fail(path, 1, f"a header with {need}", "\t".join(header))
+    col_id, col_title, col_cat = (header.index(h) for h in need)
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise _fail(path, reader.line_num, f"{len(header)} tab-separated fields", "\t".join(row))
+        cats = row[col_cat]
+        try:  # "'Beauty', 'Fragrance', \"Women's\"" is a Python literal list without brackets
+            parsed = ast.literal_eval(f"[{cats}]") if cats else []
+        except (ValueError, SyntaxError):
+            raise _fail(path, reader.line_num, "categories like \"'A', 'B'\"", cats) from None
+        item = make_item(row[col_id], row[col_title], tuple(map(str, parsed)))
+        _add_item(items, item, path, reader.line_num)
+    if not items:
+        raise _no_rows(path, "\t".join(header))
     return _finish("amazon-beauty", items, seqs, folder)
 
 
@@ -224,7 +286,7 @@ def _load_toys(folder: Path) -> Dataset:
         except json.JSONDecodeError:
             raise _fail(path, n, "categories as a JSON list of lists", parts[4]) from None
         cats = tuple(dict.fromkeys(c for p in paths for c in p))
-        items[item_id] = make_item(item_id, parts[2], cats, has_title=parts[3] == "1")
+        _add_item(items, make_item(item_id, parts[2], cats, has_title=parts[3] == "1"), path, n)
     for u, s in seqs.items():
         for i in s:
             if not i.isdigit():
@@ -252,8 +314,8 @@ def _read_games_inter(path: Path) -> dict[str, tuple[int, list[str], str]]:
 def _load_games(folder: Path) -> Dataset:
     """Amazon Video_Games 2018, LLMRank "Games-6k": 50,546 users, 16,859 items, 440,264 interactions.
 
-    Full sequence = test history + test item (length 5..50). ``Games-6k.valid.inter``, when present, must
-    equal the test sequence minus its last item; a mismatch is a DataError.
+    Full sequence = test history + test item (length 5..50). ``Games-6k.valid.inter`` is required and must
+    list the same users, each with the test sequence minus its last item; a mismatch is a DataError.
     """
     path = folder / "Games-6k.item"
     items: dict[str, Item] = {}
@@ -261,26 +323,73 @@ def _load_games(folder: Path) -> Dataset:
         parts = line.split("\t")
         if len(parts) != 2:
             raise _fail(path, n, "2 tab-separated fields: item_id, title", line)
-        items[parts[0]] = make_item(parts[0], parts[1])
-    test = _read_games_inter(folder / "Games-6k.test.inter")
+        _add_item(items, make_item(parts[0], parts[1]), path, n)
+    tpath, vpath = folder / "Games-6k.test.inter", folder / "Games-6k.valid.inter"
+    test = _read_games_inter(tpath)
     seqs = {u: [*hist, target] for u, (_, hist, target) in test.items()}
-    vpath = folder / "Games-6k.valid.inter"
-    if vpath.is_file():
-        for u, (n, hist, target) in _read_games_inter(vpath).items():
-            if seqs.get(u, [])[:-1] != [*hist, target]:
-                raise _fail(
-                    vpath, n, f"user {u}'s test history (valid history + valid item)", f"{hist} + {target}"
-                )
+    valid = _read_games_inter(vpath)
+    for u, (n, hist, target) in valid.items():
+        if u not in seqs:
+            raise _fail(vpath, n, f"only users of {tpath.name}", f"user {u}, absent from {tpath.name}")
+        if seqs[u][:-1] != [*hist, target]:
+            raise _fail(
+                vpath, n, f"user {u}'s test history (valid history + valid item)", f"{hist} + {target}"
+            )
+    missing = [u for u in seqs if u not in valid]
+    if missing:
+        raise DataError(
+            f"{vpath}: {len(missing)} users of {tpath.name} are missing (first: {missing[0]!r}); "
+            f"the two files must list the same users ({_FETCH})"
+        )
     return _finish("amazon-games", items, seqs, folder)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``object_pairs_hook`` that refuses a key seen twice in one object (json keeps the later copy)."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _duplicate_line(text: str, key: str) -> int:
+    """Line of the second ``"key":`` in the first JSON object repeating ``key`` (slow pure-Python scan)."""
+    found: list[int] = []
+
+    def parse_object(s_and_end, *args, **kwargs):  # json.decoder.JSONObject with positions
+        pairs, end = json.decoder.JSONObject(s_and_end, *args, **kwargs)
+        if not found and [k for k, _ in pairs].count(key) > 1:
+            start = s_and_end[1]
+            pattern = re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:"
+            hits = list(re.finditer(pattern, text[start:end]))
+            found.append(start + hits[1].start() if len(hits) > 1 else start)
+        return pairs, end
+
+    dec = json.JSONDecoder(object_pairs_hook=list)
+    dec.parse_object = parse_object
+    dec.scan_once = json.scanner.py_make_scanner(dec)
+    dec.decode(text)
+    return text.count("\n", 0, found[0]) + 1 if found else 1
+
+
 def _load_json(path: Path) -> object:
-    if not path.is_file():
-        raise DataError(f"missing file {path}; see data/README.md for how to obtain it")
+    """Parse a JSON file; invalid JSON or a key repeated within one object is a DataError with its line."""
+    text = _read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: expected valid JSON, found an error: {e.msg}") from None
+    except _DuplicateKey as e:
+        raise _fail(
+            path, _duplicate_line(text, e.key), "each key once per object", f"repeated key {e.key}"
+        ) from None
 
 
 def _load_scientific(folder: Path) -> Dataset:
@@ -294,6 +403,9 @@ def _load_scientific(folder: Path) -> Dataset:
     raw_items, raw_seqs = _load_json(ipath), _load_json(spath)
     if not isinstance(raw_items, dict) or not isinstance(raw_seqs, dict):
         raise DataError(f"{folder}: expected JSON objects at the top level of both Scientific files")
+    for path, raw in ((ipath, raw_items), (spath, raw_seqs)):
+        if not raw:
+            raise DataError(f"{path}: an empty JSON object, expected one entry per item or user; {_FETCH}")
     items: dict[str, Item] = {}
     for k, v in raw_items.items():
         if not isinstance(v, dict) or not isinstance(v.get("title"), str):
@@ -327,10 +439,23 @@ def movielens_dir() -> Path:
     return folder
 
 
+def _movie(item_id: str, title: str, year: str, genres: tuple[str, ...]) -> Item:
+    """An ML-100k item titled ``"<title> (<year>)"`` when the year is four digits, else ``"<title>"``.
+
+    The year tells apart 4 of the 22 titles that two items share (``Cape Fear`` 1962 / 1991); the other
+    18 are the same film entered twice (same title and year) and stay twins: see ``title_twins``.
+    """
+    item = make_item(item_id, title, genres)
+    if item.has_title and re.fullmatch(r"\d{4}", year.strip()):
+        item = Item(item.id, f"{item.title} ({year.strip()})", item.categories, True)
+    return item
+
+
 def _load_ml100k(folder: Path) -> Dataset:
     """MovieLens 100K (RecBole atomic files): 943 users, 1,682 items, 100,000 ratings (all kept).
 
-    Each user's items are ordered by (timestamp, file row) with a stable sort. Genres become categories.
+    Each user's items are ordered by (timestamp, file row) with a stable sort. Titles carry the release
+    year, ``"Toy Story (1995)"`` (see :func:`_movie`). Genres become categories.
     """
     path = folder / "ml-100k.item"
     items: dict[str, Item] = {}
@@ -339,7 +464,7 @@ def _load_ml100k(folder: Path) -> Dataset:
         parts = line.split("\t")
         if len(parts) != 4:
             raise _fail(path, n, "4 tab-separated fields: item_id, movie_title, release_year, class", line)
-        items[parts[0]] = make_item(parts[0], parts[1], tuple(parts[3].split()))
+        _add_item(items, _movie(parts[0], parts[1], parts[2], tuple(parts[3].split())), path, n)
     path = folder / "ml-100k.inter"
     rows: dict[str, list[tuple[float, int, str]]] = {}
     for n, line in _lines(path, header="user_id:token\titem_id:token\trating:float\ttimestamp:float"):
@@ -526,10 +651,10 @@ def write_synthetic(ds: Dataset, folder: Path, fmt: str) -> Path:
         (folder / "Scientific.item.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     elif fmt == "ml-100k":
         rows = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"]
-        rows += [
-            f"{it.id}\t{title(it) or 'unkonwn'}\t1995\t{' '.join(it.categories)}\n"
-            for it in ds.items.values()
-        ]
+        for it in ds.items.values():  # "Heat (1995)" → "Heat", "1995"; no year → "unkonwn" like the source
+            m = re.fullmatch(r"(.*) \((\d{4})\)", title(it))
+            name, year = (m[1], m[2]) if m else (title(it) or "unkonwn", "unkonwn")
+            rows.append(f"{it.id}\t{name}\t{year}\t{' '.join(it.categories)}\n")
         (folder / "ml-100k.item").write_text("".join(rows), encoding="utf-8")
         rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float\n"]
         rows += [f"{u}\t{i}\t4\t{880000000 + t}\n" for u, s in ds.sequences.items() for t, i in enumerate(s)]
