@@ -77,14 +77,84 @@ def test_positions_and_options(llama3):
     for which, n in (("all", 14), ("target", 3), ("end", 1)):
         assert user_state(llama3, sp, positions=which).q[0].shape == (4, n, 8)
     us = user_state(llama3, sp)
-    assert effect_d(ds, us, layers=[0, 1, 2]) == pytest.approx(effect_d(ds, us), abs=1e-15)
     assert effect_d(ds, us, layers=[0]) + effect_d(ds, us, layers=[1, 2]) == pytest.approx(effect_d(ds, us))
-    assert isinstance(effect_d(ds, us, form="linear"), float)
     assert demo_state(llama3, sp, demo, at_slot=False).k[0].shape == ds.k[0].shape
     with pytest.raises(ConfigError, match="unknown form"):
         effect_d(ds, us, form="cubic")
     with pytest.raises(ConfigError, match="unknown positions"):
         user_state(llama3, sp, positions="middle")
+
+
+def _written_out(model, sp: SlotPrompt, demo: torch.Tensor, layer: int, form: str) -> float:
+    """−Σ_h Σ_p ⟨Δo, ∂L_u/∂o⟩ at one layer, Δo written out from chapter 1's definitions, head by head:
+    softmax: attention over Z ∪ D minus attention over Z, that layer's keys and values held fixed (so
+    η (Attn_D − Attn_Z) with the secant η); linear: ΔW_ICL q with ΔW_ICL = Σ_i v_i k_iᵀ."""
+    from lrgd.demos.effect import _forward_kwargs
+    from lrgd.dual.algebra import outer_sum
+    from lrgd.llm import capture_attention
+
+    ids, pos, start = sp.layout(None)
+    with torch.no_grad(), capture_attention(model) as caps:
+        model(**_forward_kwargs(model, ids, pos))
+    z, d = caps[layer], demo_state(model, sp, demo)
+    grad = user_state(model, sp).grad[layer]  # [H, P, d] at positions start … T − 2
+    group = z.q.shape[0] // z.k.shape[0]
+    total = 0.0
+    for h in range(z.q.shape[0]):
+        kd, vd = d.k[layer][h // group].double(), d.v[layer][h // group].double()
+        for j, p in enumerate(range(start, len(ids) - 1)):
+            q = z.q[h, p].double()
+            if form == "linear":
+                delta = outer_sum(kd, vd) @ q * z.scaling
+            else:
+                keys = torch.cat([z.k[h // group, : p + 1].double(), kd])
+                vals = torch.cat([z.v[h // group, : p + 1].double(), vd])
+                delta = torch.softmax(keys @ q * z.scaling, 0) @ vals - z.out[p, h].double()
+            total -= float(delta @ grad[h, j])
+    return total
+
+
+@pytest.mark.parametrize("form", ["softmax", "linear"])
+@pytest.mark.parametrize("layer", [0, 2])
+def test_one_layer_equals_the_attention_change_written_out(llama3, form, layer):
+    """``effect_d(layers=[l])`` against Δo computed head by head and position by position: catches a wrong
+    η, partition sum, causal mask, scaling or query-to-KV-head mapping (GQA), and a ``layers`` argument
+    that is ignored or off by one."""
+    sp, demo = _case(5)
+    got = effect_d(demo_state(llama3, sp, demo), user_state(llama3, sp), form=form, layers=[layer])
+    assert got == pytest.approx(_written_out(llama3, sp, demo, layer, form), rel=1e-8, abs=1e-12)
+
+
+# titles in the vocabulary of the tiny word-level tokenizer ("Item a b"), and of any real one
+DEMO_HISTORY, DEMO_NEXT = ["Item 1 2", "Item 3 4"], "Item 5 6"
+USER_HISTORY, TARGET = ["Item 7 8"], "Item 11 12"
+
+
+@pytest.mark.parametrize("name", ["tiny", pytest.param("smollm2-135m", marks=pytest.mark.llm)])
+def test_slot_prompt_plus_demo_tokens_is_build_prompt_with_one_demo(name):
+    """Effect_D and the true gain are computed on ``prefix · demo_tokens(D) · rest``: that must be, token for
+    token, the prompt chapter 2's builder makes with D as its one demonstration (same template, same
+    tokenisation at the seams; SmolLM2 merges a blank line into one token when pieces are tokenised apart).
+    """
+    from test_rank import tiny_tokenizer
+
+    from lrgd.demos.effect import demo_tokens, slot_prompt
+    from lrgd.rec.prompts import Demonstration, build_prompt, prompt_parts
+
+    if name == "tiny":
+        tok, chat = tiny_tokenizer(), False
+    else:
+        from transformers import AutoTokenizer
+
+        from lrgd.llm import model_folder
+
+        tok, chat = AutoTokenizer.from_pretrained(model_folder(name)), True
+    d = demo_tokens(tok, DEMO_HISTORY, DEMO_NEXT)
+    sp = slot_prompt(tok, prompt_parts(USER_HISTORY), TARGET, chat, slot=len(d) + 3)
+    ids, _, _ = sp.layout(d)
+    one_demo = prompt_parts(USER_HISTORY, [Demonstration(tuple(DEMO_HISTORY), DEMO_NEXT)])
+    assert ids[: len(ids) - len(sp.target)].tolist() == build_prompt(tok, one_demo, chat).input_ids.tolist()
+    assert sp.target.tolist() == tok(TARGET if chat else " " + TARGET, add_special_tokens=False)["input_ids"]
 
 
 def test_testbed_slot_prompt_with_demo_is_the_k1_prompt():

@@ -30,6 +30,7 @@ import torch
 
 from lrgd.errors import ConfigError, ModelError
 from lrgd.llm import capture_attention
+from lrgd.rec.prompts import Demonstration, build_prompt, prompt_parts
 
 POSITIONS = ("all", "target", "end")
 FORMS = ("softmax", "linear")
@@ -222,9 +223,6 @@ def loss_with_demo(model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: floa
     return float(target_nll(logits, ids, len(sp.target)))
 
 
-_SLOT = "\u241f"  # a sentinel character marking the demonstration slot inside the rendered prompt
-
-
 def slot_prompt(
     tokenizer,
     parts: list[tuple[str, str]],
@@ -232,35 +230,33 @@ def slot_prompt(
     chat: bool,
     slot: int,
 ) -> SlotPrompt:
-    """Tokenise zero-shot prompt pieces (from :func:`lrgd.rec.prompts.prompt_parts` with no demonstrations)
-    around an empty slot placed right after the instruction.
+    """The zero-shot prompt of ``parts`` (from :func:`lrgd.rec.prompts.prompt_parts`, no demonstrations)
+    with an empty slot right after the instruction, and the target title's tokens.
 
-    Pieces are tokenised separately (prefix, rest, target), exactly as :func:`demo_tokens` tokenises a
-    demonstration, so the with-D sequence is the concatenation the true gain is measured on.
+    The prompt is tokenised jointly by :func:`lrgd.rec.prompts.build_prompt` and cut where the first part
+    after the instruction starts, so ``prefix · demo_tokens(D) · rest`` is exactly the token sequence that
+    ``build_prompt`` gives the same prompt with the one demonstration D (tested). Tokenising the pieces
+    separately would not be: SmolLM2's tokenizer merges a piece's trailing blank line into one token.
     """
     names = [n for n, _ in parts]
-    if names[0] != "instruction" or any(n.startswith("demo") for n in names):
+    if len(names) < 2 or names[0] != "instruction" or any(n.startswith("demo") for n in names):
         raise ModelError("slot_prompt needs zero-shot parts that start with the instruction")
-    content = parts[0][1] + _SLOT + "".join(t for _, t in parts[1:])
-    if chat:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = content
-    head, tail = text.split(_SLOT)
-    prefix = tokenizer(head, add_special_tokens=not chat)["input_ids"]
-    rest = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    prompt = build_prompt(tokenizer, parts, chat)
+    cut = prompt.spans[names[1]][0]
     target = tokenizer(target_title if chat else " " + target_title, add_special_tokens=False)["input_ids"]
     if not target:
         raise ModelError(f"target title {target_title!r} tokenises to nothing")
-    return SlotPrompt(torch.tensor(prefix), torch.tensor(rest), torch.tensor(target), slot)
+    return SlotPrompt(prompt.input_ids[:cut], prompt.input_ids[cut:], torch.tensor(target), slot)
 
 
 def demo_tokens(tokenizer, history: tuple[str, ...] | list[str], next_item: str) -> torch.Tensor:
-    """Token ids of one demonstration as it appears in the slot (same text as in :mod:`lrgd.rec.prompts`)."""
-    text = f"Example 1. Bought: {'; '.join(history)}.\nNext: {next_item}\n\n"
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Token ids of one demonstration as it sits in the slot: the ``demo0`` span of
+    :func:`lrgd.rec.prompts.build_prompt` (the template of :func:`lrgd.rec.prompts.prompt_parts`, tokenised
+    between the instruction and the user's history as in every prompt)."""
+    parts = prompt_parts([next_item], [Demonstration(tuple(history), next_item)])
+    prompt = build_prompt(tokenizer, parts, chat=False)
+    a, b = prompt.spans["demo0"]
+    return prompt.input_ids[a:b]
 
 
 def demo_states(
