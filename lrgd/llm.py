@@ -17,10 +17,8 @@ Any other model is a local HF folder passed as a path. The hub is never contacte
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ import torch
 
 from lrgd.config import cache_dir, resolve_device
 from lrgd.errors import ModelError
+from lrgd.results import atomic_dir, atomic_write_json, file_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -78,14 +77,6 @@ class LoadedModel:
     info: ModelInfo
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _gguf_path(name: str) -> Path:
     """Locate the GGUF of a packaged model *without importing* its package."""
     src = MODELS[name]
@@ -123,14 +114,11 @@ def _convert_gguf(name: str, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    src = {"name": name, "source_file": gguf.name, "sha256": _sha256(gguf), "chat": MODELS[name].chat}
-    (tmp / "lrgd_source.json").write_text(json.dumps(src, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    src = {"name": name, "source_file": gguf.name, "sha256": file_hash(gguf), "chat": MODELS[name].chat}
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "lrgd_source.json", src)
 
 
 def model_folder(name_or_path: str) -> Path:
@@ -185,7 +173,7 @@ def load_model(
         name=src.get("name", str(name_or_path)),
         folder=str(folder),
         source_file=src.get("source_file", "config.json"),
-        sha256=src.get("sha256") or _sha256(folder / "config.json"),
+        sha256=src.get("sha256") or file_hash(folder / "config.json"),
         n_layers=cfg.num_hidden_layers,
         n_heads=n_heads,
         n_kv_heads=getattr(cfg, "num_key_value_heads", n_heads),

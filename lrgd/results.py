@@ -1,21 +1,89 @@
-"""Small JSON result files, written atomically (never a half-written file)."""
+"""Result files and cache keys: the one atomic writer family and the one hash helper of the library.
+
+Writers
+    :func:`atomic_write` (and ``_text`` / ``_json`` / ``_torch`` / ``_npy``) write a temporary file beside
+    the target, flush it to disk and rename it into place, so a reader sees the old file or the new one,
+    never half of one; :func:`atomic_dir` does the same for a folder. :func:`append_line` appends one
+    complete JSON line (one ``write``, flushed and fsynced) for resumable per-user records. Files get the
+    mode the user's umask gives (``0o666 & ~umask``), missing parent folders are created, and an
+    unwritable folder raises one :class:`~lrgd.errors.ConfigError` naming it.
+Keys
+    :func:`content_key` hashes canonical JSON (sorted keys); :func:`code_hash` hashes the source text of
+    library modules; :func:`cache_key` combines configuration, data fingerprint, weights hash and code
+    hash, so a cached result is served only when everything that computed it is unchanged
+    (:func:`cached_json`). :func:`file_hash` hashes a file's bytes (model weights).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import importlib
 import json
 import os
+import shutil
 import tempfile
+import threading
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lrgd.errors import ConfigError
 
-def _atomic(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+# ----------------------------------------------------------------------------- writers
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; under a lock so threads do not race)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _unwritable(folder: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot write results into {folder}: {exc.strerror or exc}. Make that folder writable "
+        "(or remove the file that stands in its place), or run from a checkout you can write to."
+    )
+
+
+def ensure_dir(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) if missing; :class:`ConfigError` if that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from exc
+    return folder
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, give it the umask's mode and
+    rename it onto ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path.parent, exc) from exc
     os.close(fd)
     try:
         write(tmp)
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -23,50 +91,219 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
-def save_torch(obj: object, path: Path) -> Path:
-    """``torch.save`` atomically (trained weights in the cache are never half-written)."""
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: Path, obj: object) -> Path:
+    """Write ``obj`` as indented JSON (one trailing newline) to ``path`` atomically.
+
+    NaN and infinities are refused (``ValueError``, before anything is written): they usually mean a
+    silent failure upstream.
+    """
+    text = json.dumps(obj, indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def atomic_write_torch(path: Path, obj: object) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (cached weights are never half-written)."""
     import torch
 
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_npy(path: Path, array) -> Path:
+    """``numpy.save(array)`` to ``path`` atomically (the file name is kept as given)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return atomic_write(path, write)
 
 
 def write_json(path: Path, obj: object) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename.
+    """Alias of :func:`atomic_write_json` (the name the notebooks use)."""
+    return atomic_write_json(path, obj)
 
-    NaN and infinities are refused (``ValueError``): they usually mean a silent failure upstream.
+
+def save_torch(obj: object, path: Path) -> Path:
+    """Alias of :func:`atomic_write_torch` with the arguments of ``torch.save``."""
+    return atomic_write_torch(path, obj)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Fill a temporary folder beside ``target``; on success it replaces ``target``, on failure it is
+    removed and ``target`` is untouched.
+
+    >>> with atomic_dir(cache / "models" / "m") as tmp:  # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
     """
+    target = Path(target)
+    ensure_dir(target.parent)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise _unwritable(target.parent, exc) from exc
+    try:
+        yield tmp
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False, default=str, allow_nan=False)
-            f.write("\n")
 
-    return _atomic(path, write)
+def append_line(path: Path, record: object) -> Path:
+    """Append ``record`` as one complete JSON line to ``path``: a single ``write`` on a file opened for
+    appending, under an exclusive ``flock`` (concurrent writers do not interleave), flushed and fsynced.
+
+    If the file does not end with a newline (an earlier writer was killed mid-line), a newline is
+    written first, so the torn fragment stays a line of its own and this record stays whole.
+    NaN is refused (``ValueError``), as in :func:`atomic_write_json`.
+    """
+    path = Path(path)
+    line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    ensure_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # mode ∧ ¬umask, as open()
+    except OSError as exc:
+        raise _unwritable(path.parent, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+        data = line.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
 
 
 def read_json(path: Path) -> object:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _canonical(obj: object) -> object:
+    """JSON for what :func:`json.dumps` cannot encode: numpy scalars and arrays as numbers and lists,
+    sets sorted, dataclasses as dicts, paths and anything else as ``str``."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalar or array, torch tensor
+        return obj.tolist()
+    return str(obj)
+
+
+def content_key(obj: object, n: int = 16) -> str:
+    """The first ``n`` hex digits of the sha256 of ``obj`` as canonical JSON (sorted keys), so the key
+    does not depend on dict order. For JSON-native values it equals the keys the library used before
+    (``sha256(json.dumps(obj, sort_keys=True))``), so existing caches keep their names.
+
+    >>> content_key({"b": 1, "a": [1, 2]}) == content_key({"a": [1, 2], "b": 1})
+    True
+    """
+    blob = json.dumps(obj, sort_keys=True, default=_canonical).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def file_hash(path: Path, n: int | None = None, max_bytes: int | None = None) -> str:
+    """sha256 of a file's bytes (the first ``max_bytes`` when given), ``n`` hex digits (all when None)."""
+    h = hashlib.sha256()
+    left = max_bytes
+    with Path(path).open("rb") as f:
+        while left is None or left > 0:
+            block = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            left = None if left is None else left - len(block)
+    return h.hexdigest()[:n]
+
+
+def _source_files(module: types.ModuleType | str) -> list[tuple[str, Path]]:
+    """(dotted name, file) of a module, or of every ``.py`` file of a package (sorted)."""
+    mod = importlib.import_module(module) if isinstance(module, str) else module
+    name = mod.__name__
+    if hasattr(mod, "__path__"):  # a package: all of its source files
+        out = []
+        for root in mod.__path__:
+            for f in sorted(Path(root).rglob("*.py")):
+                rel = f.relative_to(root).with_suffix("")
+                out.append((".".join([name, *rel.parts]), f))
+        return out
+    file = getattr(mod, "__file__", None)
+    if not file or not file.endswith(".py"):
+        raise ConfigError(f"code_hash: module {name!r} has no Python source file to hash")
+    return [(name, Path(file))]
+
+
+def code_hash(*modules: types.ModuleType | str, n: int = 16) -> str:
+    """sha256 of the source text of ``modules`` (module objects or dotted names; a package counts all
+    its ``.py`` files), read from disk now: editing a module changes the hash without a re-import.
+
+    >>> code_hash("lrgd.metrics", "lrgd.rec") != code_hash("lrgd.metrics")
+    True
+    """
+    if not modules:
+        raise ConfigError("code_hash needs at least one module")
+    files = sorted({item for m in modules for item in _source_files(m)})
+    h = hashlib.sha256()
+    for name, path in files:
+        h.update(f"{name}\n".encode())
+        h.update(path.read_bytes())
+        h.update(b"\x00")
+    return h.hexdigest()[:n]
+
+
+def cache_key(config: dict, data: str | None, weights: str | None, code: str, n: int = 16) -> str:
+    """One key for a cached result: the full ``config``, the data fingerprint, the model weights' hash
+    and the :func:`code_hash` of the modules that computed it (None where a part does not apply)."""
+    return content_key({"config": config, "data": data, "weights": weights, "code": code}, n)
+
+
+def cached_json(path: Path, key_parts: dict, compute: Callable[[], object]) -> tuple[object, bool]:
+    """``compute()`` stored at ``path`` under the key of ``key_parts`` (everything that determines the
+    result: pass configuration, data, weights and code, e.g. the arguments of :func:`cache_key`).
+
+    Returns (result, from_cache). A stored result is served only when its key equals this key; a file
+    with another key, or one that cannot be read as a cache entry, is recomputed and replaced
+    (atomically: ``{"key", "key_parts", "result"}``).
+    """
+    key = content_key(key_parts)
+    path = Path(path)
+    if path.is_file():
+        try:
+            blob = read_json(path)
+        except (ValueError, OSError):  # torn, corrupt or unreadable: a cache miss, not an error
+            blob = None
+        if isinstance(blob, dict) and blob.get("key") == key and "result" in blob:
+            return blob["result"], True
+    result = compute()
+    atomic_write_json(path, {"key": key, "key_parts": key_parts, "result": result})
+    return result, False
 
 
 def config_key(config: dict) -> str:
-    """A short stable hash of a JSON-serialisable configuration."""
-    import hashlib
-
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def cached_json(path: Path, config: dict, compute) -> tuple[dict, bool]:
-    """Return ``compute()`` stored at ``path`` for this ``config`` (recomputed when the config changes).
-
-    Returns (result, from_cache). The file holds ``{"key", "config", "result"}`` and is written atomically.
-    """
-    key = config_key(config)
-    path = Path(path)
-    if path.is_file():
-        blob = read_json(path)
-        if isinstance(blob, dict) and blob.get("key") == key:
-            return blob["result"], True
-    result = compute()
-    write_json(path, {"key": key, "config": config, "result": result})
-    return result, False
+    """Alias of :func:`content_key` with 16 hex digits (the name chapter 3 used)."""
+    return content_key(config)

@@ -9,7 +9,6 @@ keyed by a hash of the model file and the texts.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from importlib import metadata
@@ -20,6 +19,7 @@ import torch
 
 from lrgd.config import cache_dir, resolve_device
 from lrgd.errors import ModelError
+from lrgd.results import atomic_write_npy, content_key, file_hash
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -55,10 +55,8 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.model = AutoModel.from_pretrained(self.folder).to(self.device).eval()
         self.batch_size = batch_size
-        h = hashlib.sha256()
-        with (self.folder / "model.safetensors").open("rb") as f:
-            h.update(f.read(1 << 20))  # the first MiB identifies the weights well enough for a cache key
-        self.fingerprint = h.hexdigest()[:16]
+        # the first MiB identifies the weights well enough for a cache key
+        self.fingerprint = file_hash(self.folder / "model.safetensors", n=16, max_bytes=1 << 20)
 
     @torch.no_grad()
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -85,17 +83,15 @@ class Embedder:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         if not cache:
             return self._encode(texts)
-        h = hashlib.sha256(self.fingerprint.encode())
-        for t in texts:
-            h.update(t.encode("utf-8") + b"\x00")
-        path = cache_dir() / "embeddings" / f"{h.hexdigest()[:24]}.npy"
+        key = content_key({"model": self.fingerprint, "max_length": MAX_LENGTH, "texts": list(texts)}, n=24)
+        path = cache_dir() / "embeddings" / f"{key}.npy"
         if path.is_file():
-            arr = np.load(path)
-            if arr.shape[0] == len(texts):
+            try:
+                arr = np.load(path)
+            except (ValueError, OSError, EOFError):  # a corrupt cache file is a miss
+                arr = None
+            if arr is not None and arr.shape == (len(texts), self.model.config.hidden_size):
                 return arr
         arr = self._encode(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        atomic_write_npy(path, arr)
         return arr
