@@ -49,9 +49,16 @@ def test_profile_from_environment(monkeypatch):
     assert get_profile().name == "full"
 
 
-def test_devices():
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") in ("cpu", "cuda")
+def test_devices(monkeypatch):
+    """``auto`` follows what torch sees; ``cuda`` without a GPU is refused, never silently run on CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="device 'cuda' requested but torch sees no GPU"):
+        resolve_device("cuda")
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         resolve_device("tpu")
 
@@ -79,19 +86,45 @@ def test_bad_dtype(tmp_path):
         load_model("smollm2-135m", device="cpu", dtype="int8")
 
 
-def test_known_models_are_packaged():
-    assert set(MODELS) == {"smollm2-135m", "gemma3-270m"}
+def test_packaged_models_point_at_real_files():
+    """Every short name whose package is installed locates its GGUF where :data:`MODELS` says (a typo in
+    a distribution or a path fails here); a missing package is one clear error naming the install."""
+    from importlib import metadata
+    from pathlib import Path
+
+    import lrgd.llm as llm
+
+    found = 0
+    for name, src in MODELS.items():
+        try:
+            dist = metadata.distribution(src.distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        if name != "gemma3-270m":  # gemma ships as chunk packages assembled on first use
+            assert Path(str(dist.locate_file(src.relpath))).is_file(), name
+        found += 1
+    assert found >= 1, "no packaged model is installed; `make` installs requirements-nodeps.txt"
+    fake = {"toy-1m": llm.GGUFSource("lrgd-no-such-dist", "toy.gguf", chat=False)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(llm, "MODELS", fake)
+        with pytest.raises(ModelError, match=r"needs the package 'lrgd-no-such-dist'.*--no-deps"):
+            llm._gguf_path("toy-1m")
 
 
 @pytest.mark.llm
-def test_smollm2_loads_from_cache_quickly(smollm2):
-    import time
+def test_smollm2_loads_from_cache_without_reconverting(smollm2, monkeypatch):
+    """A second load reads the converted folder (the GGUF is not converted again), and the sha256 the
+    provenance box prints is that of the GGUF file itself. Load time: benchmarks/bench_core.py."""
+    import lrgd.llm as llm
+    from lrgd.results import file_hash
 
-    t0 = time.perf_counter()
+    def no_conversion(*_):
+        raise AssertionError("cache miss: the GGUF was converted again")
+
+    monkeypatch.setattr(llm, "_convert_gguf", no_conversion)
     lm = load_model("smollm2-135m", device="cpu")
-    assert time.perf_counter() - t0 < 30  # a generous bound: a cache miss would re-convert the GGUF
-    assert len(lm.info.sha256) == 64
-    assert lm.info.chat
+    assert lm.info.sha256 == smollm2.info.sha256 == file_hash(llm._gguf_path("smollm2-135m"))
+    assert lm.info.chat and lm.info.source_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (model_folder("smollm2-135m") / "config.json").is_file()
 
 
