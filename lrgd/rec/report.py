@@ -1,0 +1,76 @@
+"""Chapter 2's tables and sentences: runner results → formatted cells, styled tables, and paired
+comparisons with permutation p-values, Holm-adjusted within each table.
+
+A result is the summary dict of :meth:`lrgd.rec.evaluate.Runner.run`: ``result["ranks"][variant]`` [n]
+holds the target's rank per user, ``result["metrics"][variant][metric]`` ``{mean, lo, hi}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from lrgd.metrics import format_p, holm, paired_bootstrap, per_user_metrics
+
+
+def ci_text(x: dict[str, float], digits: int = 3) -> str:
+    """``{mean, lo, hi}`` → ``"0.512 [0.41, 0.62]"`` (the interval with one digit fewer)."""
+    return f"{x['mean']:.{digits}f} [{x['lo']:.{digits - 1}f}, {x['hi']:.{digits - 1}f}]"
+
+
+def per_user(result: dict, variant: str, metric: str = "NDCG@10") -> np.ndarray:
+    """Per-user values [n] of ``metric`` under score ``variant`` (``"score"`` for references)."""
+    return per_user_metrics(result["ranks"][variant], (metric,))[metric]
+
+
+def best_method(results: dict[str, dict], variant_of, metric: str = "NDCG@10") -> str:
+    """The method (key of ``results``) with the highest mean ``metric``; ties go to the earlier key.
+
+    ``variant_of(method)`` names the score variant to read. Pass validation results, never the test
+    results the winner is then compared on.
+    """
+    means = {m: r["metrics"][variant_of(m)][metric]["mean"] for m, r in results.items()}
+    return max(means, key=lambda m: (means[m], -list(means).index(m)))
+
+
+def paired(a: dict, b: dict, var_a: str, var_b: str, n_boot: int, seed: int, metric: str = "NDCG@10") -> dict:
+    """Paired comparison of result ``a`` minus result ``b`` on the same users and candidates:
+    ``{diff, lo, hi, p}`` (bootstrap CI, sign-flip permutation p; :func:`lrgd.metrics.paired_bootstrap`)."""
+    if a["users"] != b["users"]:
+        raise ValueError("a paired comparison needs the same users in the same order")
+    return paired_bootstrap(per_user(a, var_a, metric), per_user(b, var_b, metric), n_boot, seed)
+
+
+def with_holm(rows: Sequence[dict]) -> pd.DataFrame:
+    """Rows ``{..., diff, lo, hi, p}`` of one table → a DataFrame with the raw p and the Holm-adjusted p
+    (over every row of this table), both as text (:func:`lrgd.metrics.format_p`)."""
+    df = pd.DataFrame(list(rows))
+    adjusted = holm(df["p"].to_numpy(dtype=float))
+    df["p (Holm)"] = [format_p(p) for p in adjusted]
+    df["p"] = [format_p(p) for p in df["p"]]
+    return df.rename(columns={"diff": "ΔNDCG@10", "lo": "CI low", "hi": "CI high"})
+
+
+def verdict(d: dict) -> str:
+    """A paired difference's bootstrap CI in words: gain, loss, or no detectable change."""
+    return "gain" if d["lo"] > 0 else ("loss" if d["hi"] < 0 else "no detectable change")
+
+
+def styled(
+    df: pd.DataFrame,
+    uuid: str,
+    caption: str | None = None,
+    precision: int = 3,
+    formats: dict[str, str] | None = None,
+):
+    """``df`` as an HTML table (pandas Styler) with a fixed id, so that re-executions render identically.
+
+    Floats get ``precision`` decimals, missing values "—"; ``formats`` (column → format string, e.g.
+    ``{"density %": "{:.3f}"}``) overrides single columns.
+    """
+    sty = df.style.set_uuid(uuid).format(precision=precision, na_rep="—")
+    if formats:
+        sty = sty.format(formats, na_rep="—")
+    return sty.set_caption(caption) if caption else sty
