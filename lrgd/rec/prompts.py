@@ -134,19 +134,23 @@ def random_demonstrations(
 ) -> list[Demonstration]:
     """``k`` other users' (training history → next training item), drawn at random.
 
-    Leakage guard: a demonstration never contains ``user``'s held-out items (valid/test targets),
-    neither in its history nor as its next item.
+    Leakage guard (:func:`lrgd.rec.leakage.leaks`): a demonstration is refused when its source sequence
+    holds one of ``user``'s held-out items (valid/test targets) or when it shows a held-out item's title.
     """
-    held_out = {split.valid[user][1], split.test[user][1]} if user in split.test else set()
+    from lrgd.rec.leakage import held_out, leaks
+
+    held = held_out(ds, split, user)
     pool = sorted(u for u in split.train if u != user and len(split.train[u]) >= 2)
     demos: list[Demonstration] = []
     for j in rng.permutation(len(pool)):
         seq = split.train[pool[j]]
-        if held_out & set(seq):
-            continue
         hist, nxt = titled(ds, seq[:-1])[-history_len:], seq[-1]
-        if hist and ds.items[nxt].has_title:
-            demos.append(Demonstration(tuple(hist), ds.items[nxt].title))
+        if not hist or not ds.items[nxt].has_title:
+            continue
+        demo = Demonstration(tuple(hist), ds.items[nxt].title)
+        if leaks(held, ids=seq, titles=(*demo.history, demo.next_item)):
+            continue
+        demos.append(demo)
         if len(demos) == k:
             return demos
     raise DataError(f"could not find {k} leakage-free demonstrations for user {user!r}")
