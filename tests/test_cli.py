@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
+from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import Dataset, make_item, make_synthetic, write_synthetic
-from lrgd.rec.evaluate import EvalConfig, Runner
+from lrgd.rec.runner import Runner
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,18 @@ def files(root: Path) -> list[Path]:
          "takes no demonstrations; use --k 0"),
         (["--dataset", "amazon-games", "--method", "random", "--k", "1", "--users", "0"],
          "--users must be ≥ 1"),
+        (["--dataset", "amazon-games", "--method", "zero-shot", "--max-prompt-tokens", "0"],
+         "--max-prompt-tokens must be ≥ 1 (omit it for the model's context window), got 0"),
+        (["--dataset", "amazon-games", "--method", "zero-shot", "--max-prompt-tokens", "-5"],
+         "--max-prompt-tokens must be ≥ 1"),
+        (["--dataset", "amazon-games", "--method", "zero-shot", "--seed", "-3"],
+         "--seed must be ≥ 0, got -3"),
+        (["--dataset", "amazon-games", "--method", "effect", "--k", "2", "--effect-pool", "0"],
+         "--effect-pool must be ≥ 1, got 0"),
+        (["--dataset", "amazon-games", "--method", "random", "--k", "2", "--effect-pool", "5"],
+         "'random' takes no parameter effect_pool"),
+        (["--dataset", "amazon-games", "--method", "zero-shot", "--device", "tpu"],
+         "unknown device 'tpu'"),
     ],
 )  # fmt: skip
 def test_bad_arguments_name_the_problem(tmp_path, capsys, args, message) -> None:
@@ -96,16 +110,45 @@ def test_truncation_is_counted(tmp_path, data_root, model_dir) -> None:
     assert cut["truncated_users"] >= 1 and cut["history_items_dropped"] >= 1
 
 
-def test_end_to_end_run_prints_metrics(tmp_path, capsys, data_root, model_dir) -> None:
+def test_end_to_end_run_prints_what_it_stored(tmp_path, capsys, data_root, model_dir) -> None:
     args = ["--dataset", "amazon-games", "--method", "similarity", "--k", "1", "--model", str(model_dir),
             "--data-dir", str(data_root), "--results-dir", str(tmp_path),
-            "--candidates", "10", "--users", "3"]  # fmt: skip
+            "--candidates", "10", "--users", "3", "--similarity-pool", "12"]  # fmt: skip
     code, out, err = cli(*args, capsys=capsys)
     assert code == 0, err
-    assert "NDCG@10" in out and "results:" in out and "3 computed" in out
-    assert "100%" in err  # the progress bar
-    code, out, _ = cli(*args, "--quiet", capsys=capsys)
-    assert code == 0 and "0 computed" in out  # resumed from the per-user file
+    assert "3 computed" in out
+    summary = json.loads(Path(out.split("results: ")[1].strip()).read_text())
+    assert summary["method_params"] == {"similarity_pool": 12} and summary["n_users"] == 3
+    for variant, ms in summary["metrics"].items():  # every printed number is the stored one
+        assert (
+            f"{variant}: "
+            + "  ".join(f"{m} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for m, v in ms.items())
+            in out
+        )
+    code, again, _ = cli(*args, "--quiet", capsys=capsys)
+    assert code == 0 and "0 computed" in again  # resumed from the per-user file
+    metric_lines = [line for line in out.splitlines() if "HR@1 " in line]
+    assert len(metric_lines) == 3 and metric_lines == [line for line in again.splitlines() if "HR@1 " in line]
+
+
+def test_a_model_that_fails_to_load_leaves_no_file(tmp_path, capsys, data_root) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no tokenizer, no weights
+    code, _, err = cli(
+        "--dataset", "amazon-games", "--method", "zero-shot", "--model", str(broken),
+        "--data-dir", str(data_root), "--results-dir", str(tmp_path / "res"), "--quiet", capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and str(broken) in err
+    assert files(tmp_path / "res") == []  # in particular no candidates file
+
+
+def test_method_parameters_come_from_the_selectors(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--similarity-pool", "--effect-pool", "--effect-users", "--bm25-k1"):
+        assert flag in help_text
 
 
 def test_module_entry_point() -> None:

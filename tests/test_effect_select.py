@@ -1,5 +1,6 @@
 """Tests of the Effect_D selectors: the ranking is chapter 3's Effect_D on the *validation* item, the
-test item never enters it, and the evaluator puts the best leakage-free demonstrations into the prompt."""
+test item never enters it, and the evaluator puts the best leakage-free demonstrations into the prompt
+(the leaky ones known by hand from the fixture's construction)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_rank import tiny_model_folder
+from test_select import leaky_by_hand, twin_dataset
 
 from lrgd.demos import effect as fx
-from lrgd.demos.effect_select import EffectRanker
+from lrgd.demos.effect_select import EffectGlobalSelector, EffectRanker, EffectSelector
 from lrgd.errors import ConfigError
 from lrgd.llm import load_model
+from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import leave_one_out, make_synthetic, write_synthetic
-from lrgd.rec.evaluate import EvalConfig, Runner
-from lrgd.rec.select import DemoPool
+from lrgd.rec.runner import Runner
+from lrgd.rec.select import SELECTORS, DemoPool
 
 
 @pytest.fixture(scope="module")
@@ -69,33 +72,43 @@ def test_bad_sizes_fail_clearly(setup) -> None:
         EffectRanker(lm, pool, n_demos=0)
     with pytest.raises(ConfigError, match="unknown positions"):
         EffectRanker(lm, pool, positions="middle")
-    with pytest.raises(ConfigError, match="effect-pool"):
-        EvalConfig("amazon-games", "effect", 1, effect_pool=0).validate()
+    with pytest.raises(ConfigError, match="--effect-pool must be ≥ 1, got 0"):
+        EvalConfig("amazon-games", "effect", 1, params={"effect_pool": 0}).validate()
+    with pytest.raises(ConfigError, match="--effect-users must be ≥ 1, got -2"):
+        EvalConfig("amazon-games", "effect-global", 1, params={"effect_users": -2}).validate()
+    with pytest.raises(ConfigError, match="'effect' takes no parameter effect_users"):
+        EvalConfig("amazon-games", "effect", 1, params={"effect_users": 3}).validate()
     with pytest.raises(ConfigError, match="use --method zero-shot"):
         EvalConfig("amazon-games", "effect-global", 0).validate()
 
 
+def test_each_selector_is_one_registered_class() -> None:
+    assert (
+        SELECTORS.get("effect") is EffectSelector and SELECTORS.get("effect-global") is EffectGlobalSelector
+    )
+    assert [p.name for p in SELECTORS.params("effect")] == ["effect_pool"]
+    assert [p.name for p in SELECTORS.params("effect-global")] == ["effect_pool", "effect_users"]
+
+
 @pytest.mark.parametrize("method", ["effect", "effect-global"])
-def test_evaluator_uses_the_best_leakage_free_demonstrations(tmp_path: Path, setup, method: str) -> None:
-    root, folder, _, _ = setup
-    cfg = EvalConfig("amazon-games", method, 2, n_users=4, model=str(folder), n_candidates=8,
-                     history_len=4, effect_pool=6, effect_users=3)  # fmt: skip
-    runner = Runner("ci", "cpu", quiet=True, results_root=tmp_path, data_dir=root)
+def test_evaluator_uses_the_best_leakage_free_demonstrations(tmp_path: Path, method: str) -> None:
+    """On :func:`test_select.twin_dataset` three of the ten sources leak for each user (its own, an id leak
+    and a title-twin leak; written down by hand in :func:`test_select.leaky_by_hand`): the prompt holds
+    the two best-ranked of the others."""
+    write_synthetic(twin_dataset(), tmp_path / "data" / "amazon-games", "amazon-games")
+    folder = tiny_model_folder(tmp_path / "tiny")
+    params = {"effect_pool": 6} | ({"effect_users": 3} if method == "effect-global" else {})
+    cfg = EvalConfig("amazon-games", method, 2, n_users=4, model=str(folder), n_candidates=8, history_len=4,
+                     params=params)  # fmt: skip
+    runner = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "res", data_dir=tmp_path / "data")
     res = runner.run(cfg)
     assert res["n_users"] == 4 and set(res["metrics"]) == {"summed", "mean", "pmi"}
-    pool = runner.pool(cfg)
+    selector = runner.method(cfg)
     for rec in runner.records(cfg):
-        ranking = runner.effect_ranking(cfg, rec["user"])
-        held = pool.held_out(rec["user"])
-        allowed = [
-            s for s in ranking.order
-            if pool.allowed(rec["user"], s[0], pool.make(*s)[1], held)
-        ]  # fmt: skip
-        assert [tuple(s) for s in rec["demo_sources"]] == allowed[:2]
+        ranking = selector.ranking(runner, cfg, rec["user"])
+        expected = [list(s) for s in ranking.order if s[0] not in leaky_by_hand(rec["user"])][:2]
+        assert rec["demo_sources"] == expected and rec["fallback"] == 0
         assert rec["effect"] == sorted(rec["effect"], reverse=True)
-    # the per-user and global selectors are cached under different keys; other methods keep theirs
-    plain = EvalConfig("amazon-games", "random", 2, n_users=4, model=str(folder))
-    assert runner.paths(replace(plain, effect_pool=99)) == runner.paths(plain)
-    assert runner.paths(replace(cfg, method="effect", effect_users=9)) == runner.paths(
-        replace(cfg, method="effect")
-    )
+    # the parameters are part of the cache key: a different M is a different result file
+    other = replace(cfg, params={**dict(cfg.params), "effect_pool": 5})
+    assert runner.key(other) != runner.key(cfg)

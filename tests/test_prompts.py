@@ -98,3 +98,19 @@ def test_random_demonstrations_never_leak() -> None:
         demos = random_demonstrations(ds, split, user, 3, np.random.default_rng(0))
         for d in demos:
             assert not held & {*d.history, d.next_item}
+
+
+def test_random_demonstrations_refuse_title_twins() -> None:
+    """On the hand-built twin dataset 3 of 10 sources leak for each user (own, id, title twin): exactly
+    the other 7 can be drawn, and asking for 8 fails."""
+    from test_select import leaky_by_hand, twin_dataset
+
+    ds = twin_dataset()
+    split = leave_one_out(ds)
+    for user in split.test:
+        demos = random_demonstrations(ds, split, user, 7, np.random.default_rng(1), history_len=4)
+        clean = {f"u{j}" for j in range(10)} - leaky_by_hand(user)
+        expected = {ds.items[split.train[s][-1]].title for s in clean}  # each source's next item, by hand
+        assert {d.next_item for d in demos} == expected
+        with pytest.raises(DataError, match="leakage-free"):
+            random_demonstrations(ds, split, user, 8, np.random.default_rng(1), history_len=4)

@@ -15,25 +15,30 @@ paper's metric) and put the best ``k`` into the prompt:
 
 Only validation items enter a ranking; a user's test item is never used.
 
+Each is one selector class (:class:`EffectSelector`, :class:`EffectGlobalSelector`) registered with
+:func:`lrgd.rec.select.register_selector`; their parameters (``effect_pool`` = M, ``effect_users``) are
+dataclass fields, so they enter the cache key and become ``--effect-pool`` / ``--effect-users``.
+
 The leakage guard of :meth:`DemoPool.allowed` still applies to the ranked candidates; when it leaves
-fewer than ``k``, the rest is filled at random and counted. Effect_D scores *one* demonstration in the
-slot after the instruction; with ``k > 1`` the ``k`` best single demonstrations are combined, which
-assumes their first-order effects add.
+fewer than ``k``, the rest is filled at random and counted (also when the user has no validation
+prompt). Effect_D scores *one* demonstration in the slot after the instruction; with ``k > 1`` the ``k``
+best single demonstrations are combined, which assumes their first-order effects add.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
 from lrgd.demos import effect as fx
 from lrgd.errors import ConfigError
 from lrgd.rec.prompts import prompt_parts, titled
-from lrgd.rec.select import EFFECT_SELECTORS, DemoPool
+from lrgd.rec.select import DemoPool, Selection, register_selector
 
-__all__ = ["EFFECT_SELECTORS", "EffectRanker", "EffectRanking"]
+__all__ = ["EffectGlobalSelector", "EffectRanker", "EffectRanking", "EffectSelector"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +120,59 @@ class EffectRanker:
         if not rows:
             raise ConfigError("no validation user has a titled history and target; cannot rank globally")
         return self._ranking(np.mean(rows, axis=0))
+
+
+# ----------------------------------------------------------------------------- the selectors
+
+
+@register_selector("effect")
+class EffectSelector:
+    """Candidates ranked by Effect_D on the evaluated user's validation item; the best ``k`` allowed."""
+
+    effect_pool: int = field(default=30, metadata={"help": "effect selectors: candidate demonstrations (M)"})
+    code: ClassVar[tuple[str, ...]] = ("lrgd.demos.effect",)
+
+    def validate(self) -> None:
+        if self.effect_pool < 1:
+            raise ConfigError(f"--effect-pool must be ≥ 1, got {self.effect_pool}")
+
+    def ranker(self, runner, cfg) -> EffectRanker:
+        """The dataset's :class:`EffectRanker` (its M demonstration states computed once per process)."""
+        key = ("effect-ranker", cfg.dataset, cfg.model, cfg.history_len, cfg.seed, self.effect_pool)
+        return runner.memo(
+            key, lambda: EffectRanker(runner.lm(cfg.model), runner.pool(cfg), self.effect_pool, seed=cfg.seed)
+        )
+
+    def ranking(self, runner, cfg, user: str) -> EffectRanking | None:
+        """Candidates best first for ``user`` (``None``: the user has no validation prompt)."""
+        return self.ranker(runner, cfg).for_user(user)
+
+    def select(self, runner, cfg, user: str, k: int, history: Sequence[str]) -> Selection:
+        ranking = self.ranking(runner, cfg, user)
+        sel = runner.pool(cfg).take(user, k, iter(ranking.order if ranking else ()), fill_random=True)
+        if ranking is None:
+            return sel
+        chosen = dict(zip(ranking.order, ranking.scores))
+        effect = [round(chosen[s], 5) if s in chosen else None for s in sel.sources]
+        return replace(sel, extra={"effect": effect})  # Effect_D of the chosen demonstrations, as ranked
+
+
+@register_selector("effect-global")
+class EffectGlobalSelector(EffectSelector):
+    """Candidates ranked by mean Effect_D over the validation items of ``effect_users`` users (the last of
+    the seeded validation-user order), one ranking shared by every evaluated user."""
+
+    effect_users: int = field(default=20, metadata={"help": "effect-global: validation users averaged"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.effect_users < 1:
+            raise ConfigError(f"--effect-users must be ≥ 1, got {self.effect_users}")
+
+    def ranking(self, runner, cfg, user: str) -> EffectRanking:
+        def make() -> EffectRanking:
+            order, _ = runner.eligible_users(cfg.dataset, "valid", cfg.seed)
+            return self.ranker(runner, cfg).global_ranking(order[::-1][: self.effect_users])
+
+        key = ("effect-global", cfg.dataset, cfg.model, cfg.history_len, cfg.seed, self.effect_pool)
+        return runner.memo((*key, self.effect_users), make)

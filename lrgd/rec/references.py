@@ -10,6 +10,9 @@ All statistics come from the leave-one-out ``train`` sequences (no valid or test
 ``ref-markov``      first-order Markov: how often the user's last item was followed by the candidate
                     in training sequences; ties (often all zeros) broken by popularity
 ==================  ===============================================================================
+
+Each ranker is one class registered by name (:func:`register_reference`), with its parameters as
+dataclass fields (they enter the cache key); :class:`References` holds the training statistics they share.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import field
 from functools import cached_property
 from itertools import pairwise
 
 import numpy as np
 
-from lrgd.errors import ConfigError
+from lrgd.rec.registry import Registry
 
-REFERENCES = ("ref-random", "ref-popularity", "ref-bm25", "ref-markov")
+#: reference rankers by name
+REFERENCES = Registry("reference ranker")
+register_reference = REFERENCES.register
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -36,10 +42,10 @@ def words(text: str) -> list[str]:
 
 
 class References:
-    """Fitted once per dataset split; :meth:`score` gives one score per candidate (higher = better)."""
+    """Training statistics of one dataset split, fitted lazily and shared by every reference ranker."""
 
-    def __init__(self, ds, split, seed: int = 0, k1: float = 1.2, b: float = 0.75) -> None:
-        self.ds, self.split, self.seed, self.k1, self.b = ds, split, seed, k1, b
+    def __init__(self, ds, split, seed: int = 0) -> None:
+        self.ds, self.split, self.seed = ds, split, seed
 
     @cached_property
     def popularity(self) -> Counter:
@@ -54,7 +60,8 @@ class References:
         return out
 
     @cached_property
-    def _idf(self) -> tuple[dict[str, float], float]:
+    def idf(self) -> tuple[dict[str, float], float]:
+        """(word → IDF over all titled items, mean title length in words)."""
         df: Counter = Counter()
         lengths = []
         for it in self.ds.items.values():
@@ -66,10 +73,38 @@ class References:
         idf = {w: math.log(1 + (n - f + 0.5) / (f + 0.5)) for w, f in df.items()}
         return idf, float(np.mean(lengths)) if lengths else 1.0
 
-    def bm25(self, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        """BM25 with the candidate title as the document and the history's words as the query."""
-        idf, avg = self._idf
-        items = self.ds.items
+
+# ----------------------------------------------------------------------------- the rankers
+# Each: ``score(stats, user, history, candidates) -> [N]`` (higher = better); ``history`` is item ids,
+# oldest first. Parameters are dataclass fields (they enter the cache key).
+
+
+@register_reference("ref-random")
+class RandomReference:
+    """A seeded random score per (user, item)."""
+
+    def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
+        return np.array([zlib.crc32(f"{stats.seed}|rand|{user}|{c}".encode()) / 2**32 for c in candidates])
+
+
+@register_reference("ref-popularity")
+class PopularityReference:
+    """Training interactions of the item."""
+
+    def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
+        return np.array([float(stats.popularity[c]) for c in candidates])
+
+
+@register_reference("ref-bm25")
+class BM25Reference:
+    """BM25 with the candidate title as the document and the history's words as the query."""
+
+    bm25_k1: float = field(default=1.2, metadata={"help": "ref-bm25: term-frequency saturation k1"})
+    bm25_b: float = field(default=0.75, metadata={"help": "ref-bm25: length normalisation b"})
+
+    def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
+        idf, avg = stats.idf
+        items = stats.ds.items
         query = Counter(
             w for i in history if i in items and items[i].has_title for w in words(items[i].title)
         )
@@ -81,26 +116,17 @@ class References:
             for w, qf in query.items():
                 tf = doc.get(w, 0)
                 if tf:
-                    s += (
-                        qf
-                        * idf.get(w, 0.0)
-                        * tf
-                        * (self.k1 + 1)
-                        / (tf + self.k1 * (1 - self.b + self.b * n / avg))
-                    )
+                    k1, b = self.bm25_k1, self.bm25_b
+                    s += qf * idf.get(w, 0.0) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * n / avg))
             out[j] = s
         return out
 
-    def score(self, method: str, user: str, history: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        """Scores of ``candidates`` for ``user`` with ``history`` (ids, oldest first)."""
-        if method == "ref-random":
-            return np.array([zlib.crc32(f"{self.seed}|rand|{user}|{c}".encode()) / 2**32 for c in candidates])
-        if method == "ref-popularity":
-            return np.array([float(self.popularity[c]) for c in candidates])
-        if method == "ref-bm25":
-            return self.bm25(history, candidates)
-        if method == "ref-markov":
-            row = self.transitions.get(history[-1], Counter()) if history else Counter()
-            top = max(self.popularity.values(), default=0) + 1
-            return np.array([row[c] + self.popularity[c] / top for c in candidates], dtype=float)
-        raise ConfigError(f"unknown reference method {method!r}; choose one of {', '.join(REFERENCES)}")
+
+@register_reference("ref-markov")
+class MarkovReference:
+    """First-order transitions from the user's last item; ties broken by popularity."""
+
+    def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
+        row = stats.transitions.get(history[-1], Counter()) if history else Counter()
+        top = max(stats.popularity.values(), default=0) + 1
+        return np.array([row[c] + stats.popularity[c] / top for c in candidates], dtype=float)

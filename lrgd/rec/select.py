@@ -2,10 +2,14 @@
 
 A demonstration is built from another user's **training** sequence (leave-one-out ``train``, i.e. without
 their valid and test items) and cut at some position: the titled items before the cut (the last ``h``)
-are its history, the item at the cut is its next item. Every selector goes through
-:meth:`DemoPool.allowed`, the **leakage guard**: a demonstration is rejected when any item it shows
-(history or next item) is one of the evaluated user's held-out items (valid or test target), or when it
-comes from the evaluated user. Rejections are counted.
+are its history, the item at the cut is its next item. :class:`DemoPool` holds these and the one
+leakage guard (:mod:`lrgd.rec.leakage`): a demonstration is refused when it comes from the evaluated
+user or shows one of their held-out items (valid or test target) by id **or by title**. Refusals are
+counted.
+
+A selector is one class registered by name (:func:`register_selector`); its parameters are its
+dataclass fields, which enter the cache key of every result it produces. The runner calls
+``selector.select(runner, cfg, user, k, history)`` and nothing else (the :class:`Selector` protocol).
 
 ==============  =====================================================================================
 ``zero-shot``   no demonstrations (k = 0)
@@ -15,41 +19,68 @@ comes from the evaluated user. Rejections are counted.
                 carry order but no timestamps, so "most recent" is read on the evaluated user's history.
                 Falls back to random when fewer than k anchored demonstrations exist (counted).
 ``similarity``  the pool users whose history is most similar to the evaluated user's (cosine of
-                all-MiniLM-L6-v2 embeddings, :mod:`lrgd.rec.embed`); the pool is a seeded sample
+                all-MiniLM-L6-v2 embeddings, :mod:`lrgd.rec.embed`); the pool is a seeded sample of
+                ``similarity_pool`` users (default: the profile's ``eval.similarity_pool``)
 ``popular``     demonstrations whose next item is among the most popular training items (distinct)
-``effect``      candidates ranked by Effect_D on the user's validation item (chapter 3); the ranking is
-                computed by :class:`lrgd.demos.effect_select.EffectRanker` and passed in as ``ranking``
-``effect-global``  the same ranked by Effect_D averaged over validation users, shared by every user
+``effect``      ranked by Effect_D on the user's validation item (chapter 3), :mod:`lrgd.demos.effect_select`
+``effect-global``  ranked by Effect_D averaged over validation users, shared by every user (same module)
 ==============  =====================================================================================
-
-The Effect_D selectors fall back to random demonstrations (counted) when the guard leaves fewer than k.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from lrgd.errors import ConfigError, DataError
+from lrgd.rec.leakage import HeldOut, held_out, leaks
 from lrgd.rec.prompts import Demonstration
+from lrgd.rec.registry import Registry
 
-EFFECT_SELECTORS = ("effect", "effect-global")
-SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular", *EFFECT_SELECTORS)
+#: demonstration selectors by name; the Effect_D ones register from :mod:`lrgd.demos.effect_select`
+SELECTORS = Registry("demonstration selector", plugins=("lrgd.demos.effect_select",))
+register_selector = SELECTORS.register
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Chosen demonstrations and how they were found."""
+    """Chosen demonstrations and how they were found.
+
+    ``extra`` holds fields the selector adds to the per-user record (e.g. the Effect_D of each chosen
+    demonstration).
+    """
 
     demos: tuple[Demonstration, ...]
     sources: tuple[tuple[str, int], ...]  # (pool user, cut index in their training sequence)
-    guarded: int = 0  # candidates rejected by the leakage guard
+    guarded: int = 0  # candidates refused by the leakage guard
     fallback: int = 0  # demonstrations filled in at random because the selector ran out
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """What the runner needs from a selector.
+
+    ``runner`` gives shared state: ``runner.pool(cfg)`` (the :class:`DemoPool` of the condition),
+    ``runner.lm(cfg.model)``, ``runner.embedder()``, ``runner.eligible_users(dataset, split, seed)`` and
+    ``runner.memo(key, make)`` (a per-process cache; the key must name everything the value depends on).
+    ``history`` is the evaluated user's history (item ids, oldest first).
+
+    Optional class attributes: ``demonstrations = False`` for a selector that takes ``k = 0`` only;
+    ``code``, modules beyond the class's own whose source enters the cache key; ``profile_defaults``,
+    field → ``"section.attribute"`` of the profile. An optional ``validate()`` raises
+    :class:`ConfigError` for bad parameter values.
+    """
+
+    name: ClassVar[str]
+
+    def select(self, runner, cfg, user: str, k: int, history: Sequence[str]) -> Selection: ...
 
 
 def _key(seed: int, *parts: str) -> int:
@@ -57,18 +88,14 @@ def _key(seed: int, *parts: str) -> int:
 
 
 class DemoPool:
-    """Other users' training transitions, with the leakage guard and the selectors.
+    """Other users' training transitions, the leakage guard, and the candidate streams selectors use.
 
-    ``similarity_pool`` users (a seeded sample) are embedded for the ``similarity`` selector; the other
-    selectors draw from every training user.
+    A *stream* yields (pool user, cut) in preference order; :meth:`take` builds demonstrations from it,
+    skipping what the guard refuses, until it has ``k``.
     """
 
-    def __init__(
-        self, ds, split, history_len: int = 10, seed: int = 0, similarity_pool: int = 2000, embedder=None
-    ) -> None:
+    def __init__(self, ds, split, history_len: int = 10, seed: int = 0) -> None:
         self.ds, self.split, self.h, self.seed = ds, split, history_len, seed
-        self.similarity_pool = similarity_pool
-        self.embedder = embedder
         # users whose final training transition makes a demonstration
         self.users = sorted(u for u in split.train if self.make(u, len(split.train[u]) - 1) is not None)
 
@@ -89,57 +116,30 @@ class DemoPool:
         demo = Demonstration(tuple(items[i].title for i in hist), items[nxt].title)
         return demo, (*hist, nxt)
 
-    def held_out(self, user: str, split: str = "test") -> set[str]:
+    def held_out(self, user: str) -> HeldOut:
         """The evaluated user's future: valid and test targets (both, whichever split is evaluated)."""
-        out = set()
-        if user in self.split.valid:
-            out.add(self.split.valid[user][1])
-        if user in self.split.test:
-            out.add(self.split.test[user][1])
-        return out
+        return held_out(self.ds, self.split, user)
 
-    def allowed(self, user: str, src: str, shown: Sequence[str], held: set[str]) -> bool:
-        """The leakage guard: not the user's own sequence, and no held-out item shown."""
-        return src != user and not (held & set(shown))
+    def allowed(self, user: str, src: str, shown: Sequence[str], held: HeldOut) -> bool:
+        """The leakage guard: not the user's own sequence, and no held-out item shown (id or title)."""
+        items = self.ds.items
+        titles = [items[i].title for i in shown if i in items and items[i].has_title]
+        return src != user and not leaks(held, shown, titles)
 
-    # --------------------------------------------------------------------------- selectors
-
-    def select(
-        self,
-        method: str,
-        user: str,
-        k: int,
-        query: Sequence[str] = (),
-        ranking: Sequence[tuple[str, int]] | None = None,
+    def take(
+        self, user: str, k: int, stream: Iterable[tuple[str, int]], fill_random: bool = False
     ) -> Selection:
-        """``k`` demonstrations for ``user`` by ``method``; ``query`` is the user's history (ids).
+        """The first ``k`` demonstrations of ``stream`` that the guard allows.
 
-        ``ranking`` (pool user, cut) best first is what the Effect_D selectors take, from
-        :class:`lrgd.demos.effect_select.EffectRanker`; ``None`` there means the user has no validation prompt
-        and the demonstrations are drawn at random (counted as fallbacks)."""
-        if method not in SELECTORS:
-            raise ConfigError(
-                f"unknown demonstration selector {method!r}; choose one of {', '.join(SELECTORS)}"
-            )
-        if k < 0:
-            raise ConfigError(f"k must be ≥ 0, got {k}")
-        if method == "zero-shot" or k == 0:
-            return Selection((), ())
-        held = self.held_out(user)
-        if method == "random":
-            stream = self._random_stream(user)
-        elif method == "popular":
-            stream = iter(self._popular_order)
-        elif method == "recent":
-            stream = self._recent_stream(user, query)
-        elif method in EFFECT_SELECTORS:
-            stream = iter(ranking or ())
-        else:
-            stream = self._similar_stream(query)
-        return self._take(user, k, held, stream, fill_random=method == "recent" or method in EFFECT_SELECTORS)
+        With ``fill_random`` a short stream is topped up from :meth:`random_stream` (counted in
+        ``fallback``); without it a short stream is a :class:`DataError`.
+        """
+        return self._take(user, k, self.held_out(user), stream, fill_random)
 
     def _take(self, user, k, held, stream, fill_random=False) -> Selection:
         demos, sources, guarded, seen = [], [], 0, set()
+        if k == 0:
+            return Selection((), ())
         for src, cut in stream:
             if (src, cut) in seen:
                 continue
@@ -156,17 +156,23 @@ class DemoPool:
                 return Selection(tuple(demos), tuple(sources), guarded)
         if fill_random:
             need = k - len(demos)
-            rest = self._take(user, need, held, (s for s in self._random_stream(user) if s not in seen))
+            rest = self._take(user, need, held, (s for s in self.random_stream(user) if s not in seen))
             return Selection(
                 tuple(demos) + rest.demos, tuple(sources) + rest.sources, guarded + rest.guarded, need
             )
         raise DataError(f"could not find {k} leakage-free demonstrations for user {user!r}")
 
-    def _random_stream(self, user: str):
+    # --------------------------------------------------------------------------- streams
+
+    def final(self, src: str) -> tuple[str, int]:
+        """``src``'s final training transition as (user, cut)."""
+        return src, len(self.split.train[src]) - 1
+
+    def random_stream(self, user: str):
+        """Every pool user's final transition, in a random order seeded by (seed, user)."""
         rng = np.random.default_rng([self.seed, zlib.crc32(user.encode("utf-8"))])
         for j in rng.permutation(len(self.users)):
-            src = self.users[j]
-            yield src, len(self.split.train[src]) - 1
+            yield self.final(self.users[j])
 
     @cached_property
     def popularity(self) -> Counter:
@@ -174,7 +180,7 @@ class DemoPool:
         return Counter(i for s in self.split.train.values() for i in s)
 
     @cached_property
-    def _popular_order(self) -> list[tuple[str, int]]:
+    def popular_order(self) -> list[tuple[str, int]]:
         """Final training transitions by popularity of their next item, one per next item first."""
         pop = self.popularity
         ranked = sorted(
@@ -184,7 +190,7 @@ class DemoPool:
         firsts, dups, seen = [], [], set()
         for u in ranked:
             nxt = self.split.train[u][-1]
-            (dups if nxt in seen else firsts).append((u, len(self.split.train[u]) - 1))
+            (dups if nxt in seen else firsts).append(self.final(u))
             seen.add(nxt)
         return firsts[:5000] + dups[:5000]
 
@@ -197,40 +203,96 @@ class DemoPool:
                 occ.setdefault(i, []).append((u, p + 1))
         return occ
 
-    def _recent_stream(self, user: str, query: Sequence[str]):
+    def recent_stream(self, user: str, query: Sequence[str]):
+        """Transitions right after one of ``query``'s items, most recent item first."""
         items = self.ds.items
         anchors = [i for i in reversed(query) if i in items and items[i].has_title]
         for a in dict.fromkeys(anchors):
             occ = self._occurrences.get(a, [])
             yield from sorted(occ, key=lambda uc: _key(self.seed, user, uc[0], str(uc[1])))
 
-    # --------------------------------------------------------------------------- similarity
-
-    @cached_property
-    def _sim_users(self) -> list[str]:
-        rng = np.random.default_rng([self.seed, 7])
-        n = min(self.similarity_pool, len(self.users))
-        return [self.users[j] for j in sorted(rng.choice(len(self.users), size=n, replace=False))]
-
     def history_text(self, titles: Sequence[str]) -> str:
-        """What is embedded: the last ``h`` titles, most recent first (truncation cuts the oldest)."""
+        """What the similarity selector embeds: the last ``h`` titles, most recent first."""
         return "; ".join(reversed(list(titles)[-self.h :]))
 
-    @cached_property
-    def _sim_matrix(self) -> np.ndarray:
-        if self.embedder is None:
-            raise ConfigError("the similarity selector needs an embedder (lrgd.rec.embed.Embedder)")
-        texts = [
-            self.history_text(self.make(u, len(self.split.train[u]) - 1)[0].history) for u in self._sim_users
-        ]
-        return self.embedder.encode(texts)
 
-    def _similar_stream(self, query: Sequence[str]):
-        items = self.ds.items
+# ----------------------------------------------------------------------------- the selectors
+
+
+@register_selector("zero-shot")
+class ZeroShot:
+    """No demonstrations."""
+
+    demonstrations: ClassVar[bool] = False
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        return Selection((), ())
+
+
+@register_selector("random")
+class RandomDemos:
+    """Seeded random pool users, each cut before their last training item."""
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        pool = runner.pool(cfg)
+        return pool.take(user, k, pool.random_stream(user))
+
+
+@register_selector("recent")
+class RecentDemos:
+    """Anchored at the user's most recent items; random fills in (counted) when too few exist."""
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        pool = runner.pool(cfg)
+        return pool.take(user, k, pool.recent_stream(user, history), fill_random=True)
+
+
+@register_selector("popular")
+class PopularDemos:
+    """Demonstrations whose next item is among the most popular training items (distinct first)."""
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        pool = runner.pool(cfg)
+        return pool.take(user, k, iter(pool.popular_order))
+
+
+@register_selector("similarity")
+class SimilarDemos:
+    """The pool users whose history is most similar to the user's (cosine of MiniLM embeddings)."""
+
+    similarity_pool: int = field(default=2000, metadata={"help": "similarity: pool users embedded"})
+    profile_defaults: ClassVar[dict[str, str]] = {"similarity_pool": "eval.similarity_pool"}
+    code: ClassVar[tuple[str, ...]] = ("lrgd.rec.embed",)
+
+    def validate(self) -> None:
+        if self.similarity_pool < 1:
+            raise ConfigError(f"--similarity-pool must be ≥ 1, got {self.similarity_pool}")
+
+    def sample(self, pool: DemoPool) -> list[str]:
+        """The seeded sample of pool users that are embedded."""
+        rng = np.random.default_rng([pool.seed, 7])
+        n = min(self.similarity_pool, len(pool.users))
+        return [pool.users[j] for j in sorted(rng.choice(len(pool.users), size=n, replace=False))]
+
+    def index(self, pool: DemoPool, embedder) -> tuple[list[str], np.ndarray]:
+        """(sampled users, their unit embeddings [n, d])."""
+        users = self.sample(pool)
+        texts = [pool.history_text(pool.make(*pool.final(u))[0].history) for u in users]
+        return users, embedder.encode(texts)
+
+    def stream(self, pool: DemoPool, index, embedder, query: Sequence[str]):
+        """Sampled users' final transitions, most similar history first."""
+        users, matrix = index
+        items = pool.ds.items
         titles = [items[i].title for i in query if i in items and items[i].has_title]
         if not titles:
             raise DataError("empty history: the similarity selector needs at least one titled item")
-        sims = self._sim_matrix @ self.embedder.encode([self.history_text(titles)], cache=False)[0]
-        for j in sorted(range(len(sims)), key=lambda j: (-float(sims[j]), self._sim_users[j])):
-            src = self._sim_users[j]
-            yield src, len(self.split.train[src]) - 1
+        sims = matrix @ embedder.encode([pool.history_text(titles)], cache=False)[0]
+        for j in sorted(range(len(sims)), key=lambda j: (-float(sims[j]), users[j])):
+            yield pool.final(users[j])
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        pool, embedder = runner.pool(cfg), runner.embedder()
+        key = ("similarity", cfg.dataset, cfg.history_len, cfg.seed, self.similarity_pool)
+        index = runner.memo(key, lambda: self.index(pool, embedder))
+        return pool.take(user, k, self.stream(pool, index, embedder, history))
