@@ -13,10 +13,9 @@ import time
 
 import torch
 
-from lrgd.dual.equivalence import split_at
+from lrgd.dual.equivalence import split_at, user_prompt
 from lrgd.llm import forward_captured, load_model
 from lrgd.rec.data import leave_one_out, load_dataset
-from lrgd.rec.prompts import build_prompt, user_prompt_parts
 
 
 def best_of(fn, repeats: int) -> float:
@@ -41,8 +40,7 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     split = leave_one_out(ds)
     user = sorted(split.test)[0]
-    parts, _, _ = user_prompt_parts(ds, split, user, n_demos=2, n_candidates=20, seed=0)
-    prompt = build_prompt(lm.tokenizer, parts, chat=lm.info.chat)
+    prompt = user_prompt(lm, ds, split, user, n_demos=2, n_candidates=20, seed=0)  # chapter 1's prompt
     ids = prompt.input_ids[None]
     demo = prompt.demo_mask
     layers = forward_captured(lm.model, prompt.input_ids)

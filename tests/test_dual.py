@@ -11,6 +11,7 @@ import torch
 
 from lrgd.dual import algebra as dual
 from lrgd.dual.equivalence import delta_o_study, rebuild_errors
+from lrgd.errors import ConfigError
 from lrgd.llm import forward_captured
 from lrgd.rec.prompts import Demonstration, Prompt, build_prompt, drop_span, prompt_parts
 
@@ -164,6 +165,56 @@ def test_kernel_dual_error_falls_with_features():
     assert errs[1] < errs[0] / 10
 
 
+def test_random_weight_checks_of_chapter_1():
+    """The §1.1–1.3 measurements: identities hold, η = 1 is the only exact step, RoPE depends on
+    relative positions only, and the random-feature error falls at the Monte Carlo rate m^(−1/2)."""
+    from lrgd.dual import random_weights as rnd
+
+    gen = torch.Generator().manual_seed(3)
+    err = rnd.linear_dual_errors(gen, 3)
+    assert len(err["split"]) == 3 and max(err["split"] + err["gd"]) <= 1e-10
+    etas = [0.0, 0.5, 1.0, 1.5]
+    sweep = rnd.step_size_sweep(gen, etas)
+    assert sweep["gap"][2] <= 1e-12 < 0.01 < min(sweep["gap"][0], sweep["gap"][1], sweep["gap"][3])
+    assert sweep["loss"][0] - sweep["loss"][1] == pytest.approx(sweep["loss"][1] - sweep["loss"][2])  # linear
+    assert max(rnd.rope_dual_errors(gen, 3)) <= 1e-10
+    moves = rnd.rope_shift_sweep(gen, [0, 8, 40])
+    assert max(moves["together"]) <= 1e-12 and moves["moved"][0] == 0.0 and min(moves["moved"][1:]) > 1e-3
+    soft = rnd.softmax_split_errors(gen, 2)
+    assert max(soft["error"]) <= 1e-6 and all(0 < s < 1 for s in soft["share"])
+    rf, slopes = rnd.kernel_dual_errors(gen, (16, 256, 4096), 4)
+    assert list(rf.index) == [16, 256, 4096] and (rf.diff().iloc[1:] < 0).all().all()
+    assert all(-0.65 <= s <= -0.35 for s in slopes.values()), slopes
+
+
+def test_delta_o_summaries_are_bootstraps_over_prompts():
+    from lrgd.dual.equivalence import PREDICTORS, delta_o_summary, paired_margin, per_prompt_ci
+    from lrgd.metrics import bootstrap_ci
+
+    rng = torch.Generator().manual_seed(0)
+    stack = {f: torch.rand(5, 2, 3, generator=rng, dtype=f64).numpy() for f in PREDICTORS}
+    per_prompt = stack["cos_linear"].reshape(5, -1).mean(1)
+    assert per_prompt_ci(stack["cos_linear"], seed=1, n_boot=500) == bootstrap_ci(per_prompt, 500, 1)
+    tab = delta_o_summary(stack, seed=1, n_boot=500, per_layer=True)
+    assert list(tab.index) == list(PREDICTORS.values())
+    assert tab.loc["linear ΔW_ICL q", "mean"] == pytest.approx(per_prompt.mean())
+    assert tab.loc["random direction", "layer 1"] == pytest.approx(stack["cos_random"][:, 1].mean())
+    diff = (stack["cos_softmax"] - stack["cos_placebo"]).reshape(5, -1).mean(1)
+    assert paired_margin(stack, "cos_softmax", "cos_placebo", 1, 500) == bootstrap_ci(diff, 500, 1)
+
+
+def test_sample_users_names_the_bad_size():
+    from types import SimpleNamespace
+
+    from lrgd.dual.equivalence import sample_users
+
+    split = SimpleNamespace(test={f"u{i}": None for i in range(6)})
+    users = sample_users(split, 4, seed=0)
+    assert len(set(users)) == 4 and users == sample_users(split, 4, seed=0) and set(users) <= set(split.test)
+    with pytest.raises(ConfigError, match="n_prompts=7"):
+        sample_users(split, 7)
+
+
 # ----------------------------------------------------------------------------- a transformers model
 
 
@@ -211,6 +262,10 @@ def test_delta_o_decomposition_tiny(tiny_llama):
     # layer 0 has no earlier layer: the direct step is all of Δo
     assert s.indirect_ratio[0].max().item() <= 1e-10
     assert torch.allclose(s.cos_softmax[0], torch.ones(4, dtype=f64), atol=1e-10)
+    # an explicit placebo must stay outside the demonstrations (a clear error, not a silent answer)
+    p = _tiny_prompt(60)
+    with pytest.raises(ConfigError, match="placebo span overlaps"):
+        delta_o_study(tiny_llama, p, placebo=p.mask("demo1"))
 
 
 # ----------------------------------------------------------------------------- the flagship: a real LLM

@@ -2,17 +2,28 @@
 dual's predicted demonstration update with the real change the demonstrations cause.
 
 All rebuilds run in float64 from the float32 tensors captured by :func:`lrgd.llm.forward_captured`.
+
+Two kinds of result come out of here, and the chapters keep them apart:
+
+* the per-head rebuild (:func:`rebuild_errors`) and ``Δo = indirect + direct`` are *identities*: they
+  check that the capture of q/k/v and the split are right, and would hold for any split of the tokens;
+* how well a dual form *predicts* the real change Δo (:func:`delta_o_study`, summarised by
+  :func:`delta_o_summary`) is a measurement that can come out either way. The softmax-aware step is
+  one of Δo's two summands (all of it at layer 0), so its agreement with Δo is partly built in; the
+  softmax-free form ΔW_ICL q and the placebo span are not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lrgd.dual.algebra import cosine, heads_linear_update, heads_split, relative_error
+from lrgd.errors import ConfigError
 from lrgd.llm import Captured, forward_captured
-from lrgd.rec.prompts import Prompt, drop_span
+from lrgd.rec.prompts import Prompt, build_prompt, drop_span, user_prompt_parts
 
 
 def split_at(cap: Captured, demo: torch.Tensor, pos: int = -1, dtype=torch.float64):
@@ -62,8 +73,9 @@ def placebo_mask(prompt: Prompt, length: int) -> torch.Tensor:
     end = prompt.spans["answer"][0]
     pool = (~prompt.demo_mask[:end]).nonzero().flatten()
     if len(pool) < length:
-        raise ValueError(
-            f"only {len(pool)} non-demonstration tokens before the answer, need {length} for a placebo"
+        raise ConfigError(
+            f"only {len(pool)} non-demonstration tokens before the answer, need {length} for a placebo; "
+            "pass an explicit placebo mask (e.g. the history span)"
         )
     m = torch.zeros(len(prompt.input_ids), dtype=torch.bool)
     m[pool[-length:]] = True
@@ -87,7 +99,7 @@ def delta_o_study(
     if placebo is None:
         placebo = placebo_mask(prompt, int(demo.sum()))
     elif (placebo & demo).any():
-        raise ValueError("the placebo span must not contain demonstration tokens")
+        raise ConfigError("the placebo span overlaps the demonstrations; choose a span outside them")
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in DeltaOStudy.__dataclass_fields__}
     dec_err, dec_scale = 0.0, 0.0
@@ -116,3 +128,72 @@ def delta_o_study(
         dec_scale = max(dec_scale, float(delta.abs().max()))
     arrays = {k: torch.stack(v) for k, v in out.items() if v}
     return DeltaOStudy(**arrays, decomposition_error=dec_err / max(dec_scale, 1e-300))
+
+
+# ----------------------------------------------------------------------------- real prompts, summaries
+
+
+def sample_users(split, n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct test users of ``split``, drawn with ``numpy.random.default_rng(seed)``."""
+    users = sorted(split.test)
+    if not 1 <= n <= len(users):
+        raise ConfigError(f"n_prompts={n} must lie in 1..{len(users)} (the test users of this dataset)")
+    rng = np.random.default_rng(seed)
+    return [users[i] for i in rng.choice(len(users), size=n, replace=False)]
+
+
+def user_prompt(lm, ds, split, user: str, n_demos: int, n_candidates: int, seed: int = 0) -> Prompt:
+    """``user``'s recommendation prompt (random demonstrations, listed candidates) for the model ``lm``."""
+    parts, _, _ = user_prompt_parts(ds, split, user, n_demos=n_demos, n_candidates=n_candidates, seed=seed)
+    return build_prompt(lm.tokenizer, parts, chat=lm.info.chat, max_tokens=lm.info.max_positions)
+
+
+#: what each cosine of :class:`DeltaOStudy` compares Δo with (the chapters' row labels)
+PREDICTORS = {
+    "cos_linear": "linear ΔW_ICL q",
+    "cos_softmax": "softmax-aware η(o_D − o_Z)",
+    "cos_placebo": "placebo span",
+    "cos_random": "random direction",
+}
+RATIOS = {"indirect_ratio": "‖indirect‖ / ‖Δo‖", "direct_ratio": "‖direct‖ / ‖Δo‖"}
+
+
+def stack_studies(studies: list[DeltaOStudy]) -> dict[str, np.ndarray]:
+    """The per-prompt studies as arrays [prompts, L, H], one per field of :class:`DeltaOStudy`."""
+    names = [*PREDICTORS, *RATIOS, "share"]
+    return {f: torch.stack([getattr(s, f) for s in studies]).numpy() for f in names}
+
+
+def per_prompt_ci(x: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap 95 % CI over prompts of ``x`` [prompts, ...] (the layers and heads
+    of a prompt are averaged first: prompts are the independent units)."""
+    from lrgd.metrics import bootstrap_ci
+
+    return bootstrap_ci(x.reshape(x.shape[0], -1).mean(1), n_boot=n_boot, seed=seed)
+
+
+def delta_o_summary(
+    stack: dict[str, np.ndarray],
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+    n_boot: int = 2000,
+    per_layer: bool = False,
+):
+    """One row per quantity: mean cosine (or ratio) over prompts with its bootstrap CI, and with
+    ``per_layer`` the mean of each layer. ``labels`` maps a field of ``stack`` to its row label
+    (default: the four predictors). Returns a pandas DataFrame."""
+    import pandas as pd
+
+    rows = {}
+    for f, lab in (labels or PREDICTORS).items():
+        rows[lab] = dict(zip(["mean", "CI low", "CI high"], per_prompt_ci(stack[f], seed, n_boot)))
+        if per_layer:
+            rows[lab] |= {f"layer {li}": float(stack[f][:, li].mean()) for li in range(stack[f].shape[1])}
+    return pd.DataFrame(rows).T
+
+
+def paired_margin(
+    stack: dict[str, np.ndarray], a: str, b: str, seed: int = 0, n_boot: int = 2000
+) -> tuple[float, float, float]:
+    """Mean and CI over prompts of cos(Δo, ``a``) − cos(Δo, ``b``) (paired within each prompt)."""
+    return per_prompt_ci(stack[a] - stack[b], seed, n_boot)

@@ -24,21 +24,21 @@ queries (Su et al. 2021) the same weights equal ``L`` GD steps on *position-rota
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 
 from lrgd.config import RegressionSizes, cache_dir
-from lrgd.dual.algebra import rope
+from lrgd.dual.algebra import cosine, relative_error, rope
 from lrgd.errors import ConfigError, ModelError
 from lrgd.progress import progress
-from lrgd.results import save_torch
+from lrgd.results import code_hash, content_key, save_torch
 
-#: bump when the training loop changes, so stale cached weights are not reused
-TRAIN_CODE_VERSION = "2"
+#: the modules whose source shapes the trained LSA weights (the model, its training loop and the task
+#: sampler; RoPE): their :func:`~lrgd.results.code_hash` is part of the weight-cache key
+TRAINING_MODULES = ("lrgd.testbeds.icl_regression", "lrgd.dual.algebra")
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -199,6 +199,89 @@ def sensitivity(predict, tasks: Tasks) -> torch.Tensor:
     return grad
 
 
+# ----------------------------------------------------------------------------- chapter 1b's measurements
+
+
+def mse(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean squared error of predictions [B] against targets [B]."""
+    return float(((pred - y) ** 2).mean())
+
+
+def construction_errors(
+    preset: RegressionSizes, gen: torch.Generator, lr: float = 0.7, depths=(1, 2, 3), n_tasks: int = 500
+) -> dict[str, list[float]]:
+    """Per depth L, on ``n_tasks`` float64 tasks: relative error of von Oswald et al.'s constructed LSA
+    against L GD steps (``plain``), of the same weights with RoPE against L GD steps on rotated inputs,
+    Eq. (A3) (``rope``) — both identities — and how far the RoPE model is from plain GD
+    (``rope_vs_plain``)."""
+
+    def _rel_all(a: torch.Tensor, b: torch.Tensor) -> float:
+        return relative_error(a, b, dim=None).item()
+
+    t = sample_tasks(n_tasks, preset.n_ctx, preset.dim, gen, dtype=torch.float64)
+    out = {"plain": [], "rope": [], "rope_vs_plain": []}
+    for depth in depths:
+        ref = gd_predict(t.x, t.y, t.xq, lr, depth)
+        plain = constructed_lsa(preset.dim, depth, lr)(t.x, t.y, t.xq)
+        out["plain"].append(_rel_all(plain, ref))
+        fx, fq = rotated_inputs(t.x, t.xq, preset.key_dim)
+        pred_r = constructed_lsa(preset.dim, depth, lr, key_dim=preset.key_dim, use_rope=True)(t.x, t.y, t.xq)
+        out["rope"].append(_rel_all(pred_r, gd_predict(fx, t.y, fq, lr, depth)))
+        out["rope_vs_plain"].append(_rel_all(pred_r, ref))
+    return out
+
+
+def compare_with_gd(model: LinearSelfAttention, depth: int, tasks: Tasks, lr: float) -> dict[str, float]:
+    """von Oswald et al.'s comparison of a trained LSA with ``depth`` GD steps of size ``lr`` on ``tasks``:
+    both losses, the RMS difference of their predictions, the mean cosine and mean relative difference of
+    their sensitivities ∂ŷ/∂x_q."""
+    gd = lambda x, y, xq: gd_predict(x, y, xq, lr, depth)  # noqa: E731
+    with torch.no_grad():
+        p_lsa, p_gd = model(tasks.x, tasks.y, tasks.xq), gd(tasks.x, tasks.y, tasks.xq)
+    s_lsa, s_gd = sensitivity(model, tasks), sensitivity(gd, tasks)
+    return {
+        "loss LSA": mse(p_lsa, tasks.yq),
+        "loss GD (L steps)": mse(p_gd, tasks.yq),
+        "GD η": lr,
+        "pred. diff ‖ŷ_LSA − ŷ_GD‖ (RMS)": float(((p_lsa - p_gd) ** 2).mean().sqrt()),
+        "cos(∂ŷ/∂x_q)": float(cosine(s_lsa, s_gd).mean()),
+        "sens. diff (rel.)": float(relative_error(s_lsa, s_gd).mean()),
+    }
+
+
+def loss_vs_context(
+    models: dict, preset: RegressionSizes, gd_lr: dict[int, float], gen: torch.Generator
+) -> dict[str, list[float]]:
+    """Test squared error at each context size N in ``preset.eval_ns`` (fresh tasks per N) of: predicting
+    0, least squares, GD with the tuned ``gd_lr[depth]``, every trained model in ``models`` (``LSA <name>``)
+    and von Oswald's one-step weights with RoPE added. Returns column → values (one per N)."""
+    cols = {k: [] for k in ("zero", "least squares", *[f"GD {d}" for d in gd_lr])}
+    cols.update({f"LSA {k}": [] for k in models})
+    cols["constructed GD weights + RoPE"] = []
+    for n in preset.eval_ns:
+        t = sample_tasks(preset.eval_tasks, n, preset.dim, gen)
+        cols["zero"].append(mse(torch.zeros_like(t.yq), t.yq))
+        cols["least squares"].append(mse(least_squares_predict(t.x, t.y, t.xq), t.yq))
+        for d, lr in gd_lr.items():
+            cols[f"GD {d}"].append(mse(gd_predict(t.x, t.y, t.xq, lr, d), t.yq))
+        with torch.no_grad():
+            for k, m in models.items():
+                cols[f"LSA {k}"].append(mse(m(t.x, t.y, t.xq), t.yq))
+            cr = constructed_lsa(preset.dim, 1, gd_lr[1], preset.key_dim, use_rope=True, dtype=torch.float32)
+            cols["constructed GD weights + RoPE"].append(mse(cr(t.x, t.y, t.xq), t.yq))
+    return cols
+
+
+def rope_pair_energy(model: LinearSelfAttention, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a one-layer RoPE LSA puts its weight: per rotation pair j, its frequency θ_j and its share of
+    Σ_j |W_Q|_j |W_K|_j (row norms of both halves of the pair). → (θ [key_dim/2], share [key_dim/2])."""
+    h = model.key_dim // 2
+    wq, wk = model.w_q[0].detach(), model.w_k[0].detach()
+    energy = (wq[:h].norm(dim=1) * wk[:h].norm(dim=1) + wq[h:].norm(dim=1) * wk[h:].norm(dim=1)).numpy()
+    freq = 1.0 / (base ** (np.arange(h) * 2 / model.key_dim))
+    return freq, energy / energy.sum()
+
+
 # ----------------------------------------------------------------------------- training and cache
 
 
@@ -235,16 +318,17 @@ def train_lsa(
     return curve
 
 
-def _key(preset: RegressionSizes, depth: int, key_dim: int, use_rope: bool, seed: int) -> str:
-    blob = {
+def key_parts(preset: RegressionSizes, depth: int, key_dim: int, use_rope: bool, seed: int) -> dict:
+    """Everything that shapes a trained LSA: the training sizes (not the evaluation sizes), depth, key
+    width, RoPE, seed and the source of :data:`TRAINING_MODULES`."""
+    return {
         "preset": {k: v for k, v in asdict(preset).items() if k not in ("eval_tasks", "eval_ns")},
         "depth": depth,
         "key_dim": key_dim,
         "rope": use_rope,
         "seed": seed,
-        "code": TRAIN_CODE_VERSION,
+        "code": code_hash(*TRAINING_MODULES),
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_train_lsa(
@@ -252,7 +336,8 @@ def load_or_train_lsa(
 ) -> tuple[LinearSelfAttention, list[tuple[int, float]], bool]:
     """A trained LSA (from ``cache_dir()/testbeds`` when present) → (model, loss curve, from_cache)."""
     key_dim = key_dim or preset.key_dim
-    path = cache_dir() / "testbeds" / f"lsa-{_key(preset, depth, key_dim, use_rope, seed)}.pt"
+    parts = key_parts(preset, depth, key_dim, use_rope, seed)
+    path = cache_dir() / "testbeds" / f"lsa-{content_key(parts)}.pt"
     torch.manual_seed(seed)
     model = LinearSelfAttention(preset.dim, depth, key_dim, use_rope)
     if path.is_file():
@@ -268,5 +353,5 @@ def load_or_train_lsa(
     if depth > 1:
         preset = replace(preset, steps=preset.deep_steps, lr=preset.deep_lr)
     curve = train_lsa(model, preset, seed, desc=name)
-    save_torch({"state_dict": model.state_dict(), "curve": curve}, path)
+    save_torch({"state_dict": model.state_dict(), "curve": curve, "key_parts": parts}, path)
     return model.eval(), curve, False

@@ -35,20 +35,22 @@ Bayes ceilings (exact when ``user_noise == 0``; otherwise group-level approximat
 A demonstration's *true usefulness* is its pointwise information about the query's group,
 ``log p(g* | history, d_j) − log p(g* | history)`` under (B2), in nats.
 
-Ranking metrics (HR@K, NDCG@K with one relevant item, percentile bootstrap) live here privately, so
-this file does not depend on :mod:`lrgd.rec.evaluate`.
+Ranks, HR@K, NDCG@K and bootstrap CIs come from :mod:`lrgd.metrics` (the library's one tie convention;
+the scores here are continuous, so ties are practically absent); :func:`ranking_metrics` only adapts
+the world's score arrays [n, C], whose column 0 is the target.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lrgd.config import N_WORLD_SPECIALS, WorldConfig
 from lrgd.errors import ConfigError
+from lrgd.metrics import bootstrap_ci, per_user_metrics, ranks_of_targets
 
 KINDS = ("same", "other", "corrupted")
 SAME, OTHER, CORRUPTED = 0, 1, 2
@@ -58,9 +60,6 @@ BOS, SEP, ARROW, QUERY = 0, 1, 2, 3
 SPECIALS = ("<bos>", "<sep>", "->", "<query>")
 N_SPECIAL = len(SPECIALS)
 assert N_SPECIAL == N_WORLD_SPECIALS  # WorldConfig.vocab_size counts them
-
-
-# ----------------------------------------------------------------------------- configuration
 
 
 # ----------------------------------------------------------------------------- containers
@@ -110,7 +109,6 @@ class PromptBatch:
 
     queries: Queries
     demos: Demos
-    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -156,14 +154,6 @@ class PromptBatch:
         ids = self.tokens()[i]
         text = " ".join(SPECIALS[t] if t < N_SPECIAL else f"i{t - N_SPECIAL}" for t in ids)
         return Prompt(text, torch.as_tensor(ids), self.spans())
-
-    def subset(self, idx: np.ndarray | slice) -> PromptBatch:
-        q, d = self.queries, self.demos
-        return PromptBatch(
-            Queries(q.group[idx], q.pref[idx], q.history[idx], q.target[idx], q.candidates[idx], q.t0),
-            Demos(d.kind[idx], d.group[idx], d.history[idx], d.next_item[idx], d.t0),
-            dict(self.meta),
-        )
 
 
 # ----------------------------------------------------------------------------- the world
@@ -381,36 +371,19 @@ class RecWorld:
         return after - before[:, None]
 
 
-# ----------------------------------------------------------------------------- ranking metrics (private)
+# ----------------------------------------------------------------------------- ranking and its summaries
 
-
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """0-based rank of column 0 (the target); ties count half."""
-    s = np.asarray(scores, dtype=float)
-    t = s[:, :1]
-    return (s[:, 1:] > t).sum(1) + 0.5 * (s[:, 1:] == t).sum(1)
+#: bootstrap resamples of chapter 1b's confidence intervals
+N_BOOT = 1000
 
 
 def ranking_metrics(scores: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
-    """Per-prompt HR@k and NDCG@k with one relevant item (column 0 of ``scores`` [n, C]).
+    """Per-prompt HR@k and NDCG@k of the target, column 0 of ``scores`` [n, C]: arrays [n].
 
-    NDCG@k = 1 / log2(rank + 2) if rank < k else 0 (rank 0-based; a tie counts half a place).
+    With the 1-based rank r of :func:`lrgd.metrics.ranks_of_targets`: HR@k = [r ≤ k],
+    NDCG@k = [r ≤ k] / log2(r + 1).
     """
-    r = _ranks(scores)
-    hit = (r < k).astype(float)
-    return {f"HR@{k}": hit, f"NDCG@{k}": hit / np.log2(r + 2)}
-
-
-def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap CI over the first axis (pass paired differences for a gain)."""
-    v = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(v), size=(n_boot, len(v)))
-    boot = v[idx].mean(1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+    return per_user_metrics(ranks_of_targets(scores), (f"HR@{k}", f"NDCG@{k}"))
 
 
 def icl_sweep(
@@ -436,3 +409,58 @@ def icl_sweep(
             for name, fn in scorers.items():
                 rows.append({"scorer": name, "kind": kind, "k": k, **ranking_metrics(fn(batch), top_k)})
     return rows
+
+
+def sweep_summary(
+    rows: list[dict], metrics: tuple[str, ...] = ("NDCG@10", "HR@10"), seed: int = 0, n_boot: int = N_BOOT
+):
+    """Rows of :func:`icl_sweep` → a DataFrame with, per (scorer, kind, k, metric), the mean over users
+    with its bootstrap CI (``mean``, ``lo``, ``hi``) and the paired gain over the same users' k = 0
+    ranking (``gain``, ``gain lo``, ``gain hi``)."""
+    import pandas as pd
+
+    per = {(r["scorer"], r["kind"], r["k"]): r for r in rows}
+    out = []
+    for r in rows:
+        base = per[(r["scorer"], r["kind"], 0)]
+        for m in metrics:
+            mean, lo, hi = bootstrap_ci(r[m], n_boot=n_boot, seed=seed)
+            g, glo, ghi = bootstrap_ci(r[m] - base[m], n_boot=n_boot, seed=seed)
+            out.append(
+                {"scorer": r["scorer"], "kind": r["kind"], "k": r["k"], "metric": m, "mean": mean, "lo": lo,
+                 "hi": hi, "gain": g, "gain lo": glo, "gain hi": ghi}
+            )  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def sweep_row(sweep, scorer: str, kind: str, k: int, metric: str = "NDCG@10"):
+    """The row of :func:`sweep_summary`'s table for (scorer, kind, k, metric) as a pandas Series."""
+    sel = sweep[(sweep.scorer == scorer) & (sweep.kind == kind) & (sweep.k == k) & (sweep.metric == metric)]
+    if len(sel) != 1:
+        raise ConfigError(f"no single sweep row for {(scorer, kind, k, metric)}; the sweep has {len(sel)}")
+    return sel.iloc[0]
+
+
+def sweep_table(sweep, scorers: tuple[str, ...], metric: str = "NDCG@10"):
+    """``metric``'s mean and gain over k = 0, each as "x [lo, hi]", per (kind, k) × scorer (a DataFrame)."""
+    show = sweep[(sweep.metric == metric) & sweep.scorer.isin(scorers)].copy()
+
+    def fmt(row, a: str, lo: str, hi: str) -> str:
+        return f"{row[a]:.3f} [{row[lo]:.3f}, {row[hi]:.3f}]"
+
+    show["mean [95% CI]"] = show.apply(fmt, axis=1, a="mean", lo="lo", hi="hi")
+    show["gain vs k=0 [95% CI]"] = show.apply(fmt, axis=1, a="gain", lo="gain lo", hi="gain hi")
+    values = ["mean [95% CI]", "gain vs k=0 [95% CI]"]
+    return show.pivot_table(index=["kind", "k"], columns="scorer", values=values, aggfunc="first")
+
+
+def usefulness_table(usefulness: np.ndarray, kind: np.ndarray, seed: int = 0, n_boot: int = N_BOOT):
+    """Mean true usefulness (nats) of single demonstrations by kind, with its bootstrap CI and the share
+    of demonstrations with positive usefulness. ``usefulness``, ``kind`` [n]. Returns a DataFrame
+    indexed by :data:`KINDS`."""
+    import pandas as pd
+
+    cis = {name: bootstrap_ci(usefulness[kind == k], n_boot, seed) for k, name in enumerate(KINDS)}
+    tab = pd.DataFrame({name: dict(zip(["mean", "CI low", "CI high"], ci)) for name, ci in cis.items()}).T
+    tab["share > 0"] = [float((usefulness[kind == k] > 0).mean()) for k in range(len(KINDS))]
+    return tab

@@ -9,14 +9,14 @@ Training (our choice): next-token cross-entropy on every *item* token of prompts
 with ``k ~ U{0..k_max}`` demonstrations whose kinds follow the world's training prior. Candidates are
 scored by the logits at the final (``->``) position.
 
-Trained weights are cached under ``cache_dir()/testbeds`` by a hash of everything that shapes them
-(world, sizes, seed and :data:`TRAIN_CODE_VERSION`), so a second execution of the book never retrains.
+Trained weights are cached under ``cache_dir()/testbeds`` by a hash of everything that shapes them:
+the world's configuration and seed, the training sizes, the seed, and the source of
+:data:`TRAINING_MODULES` (:func:`lrgd.results.code_hash`). A second execution of the book never
+retrains; an edit to the training code or the world does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 import warnings
@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrgd.config import DecoderSizes, cache_dir
-from lrgd.errors import ConfigError, ModelError
+from lrgd.config import DecoderSizes, WorldConfig, cache_dir
+from lrgd.errors import ModelError
 from lrgd.progress import progress
-from lrgd.results import save_torch
-from lrgd.testbeds.recworld import N_SPECIAL, PromptBatch, RecWorld, WorldConfig
+from lrgd.results import code_hash, content_key, save_torch
+from lrgd.testbeds.recworld import N_SPECIAL, PromptBatch, Queries, RecWorld
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto inside a kernel without widgets
 
-#: bump when the training loop changes, so stale cached weights are not reused
-TRAIN_CODE_VERSION = "1"
-
+#: the modules whose source shapes the trained weights (the model and its training loop; the world
+#: that samples the training prompts): their :func:`~lrgd.results.code_hash` is part of the cache key
+TRAINING_MODULES = ("lrgd.testbeds.tiny_decoder", "lrgd.testbeds.recworld")
 
 EVAL_FIELDS = ("eval_queries", "dual_prompts")  # sizes of the evaluation, not of the weights
 
@@ -122,15 +122,20 @@ def train(
 # ----------------------------------------------------------------------------- weight cache
 
 
-def _key(world: RecWorld, preset: DecoderSizes, seed: int) -> str:
-    blob = {
+def key_parts(world: RecWorld, preset: DecoderSizes, seed: int) -> dict:
+    """Everything that shapes the trained weights: the world's configuration and seed, the decoder's
+    sizes and schedule (not its evaluation sizes, :data:`EVAL_FIELDS`), the seed, and the code."""
+    return {
         "world": asdict(world.config),
         "world_seed": world.seed,
         "preset": {k: v for k, v in asdict(preset).items() if k not in EVAL_FIELDS},
         "seed": seed,
-        "code": TRAIN_CODE_VERSION,
+        "code": code_hash(*TRAINING_MODULES),
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key(world: RecWorld, preset: DecoderSizes, seed: int) -> str:
+    return content_key(key_parts(world, preset, seed))
 
 
 def weights_path(world: RecWorld, preset: DecoderSizes, seed: int = 0) -> Path:
@@ -165,7 +170,8 @@ def load_or_train(
     model.to(device)
     log = train(model, world, preset, seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch({"state_dict": state, "log": log, "key": _key(world, preset, seed)}, path)
+    parts = key_parts(world, preset, seed)
+    save_torch({"state_dict": state, "log": log, "key": content_key(parts), "key_parts": parts}, path)
     return TrainedDecoder(model, log, path, False)
 
 
@@ -193,50 +199,20 @@ def item_log_probs(model: torch.nn.Module, batch: PromptBatch) -> np.ndarray:
     return torch.log_softmax(logits.double(), -1).cpu().numpy()
 
 
-# ----------------------------------------------------------------------------- chapter-1 duals on this model
-
-
-def delta_o_check(
-    model: torch.nn.Module, prompt, placebo: torch.Tensor, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Chapter 1's Δo comparison (``lrgd.dual.equivalence.delta_o_study``) with an explicit placebo span.
-
-    The testbed's query history is shorter than its demonstrations, so the chapter-1 placebo (a
-    non-demonstration block of the demonstrations' length) does not fit; here the caller names the
-    placebo span (e.g. the query-history span). Returns [L, H] tensors: ``cos_linear``
-    (cos(Δo, ΔW_ICL q)), ``cos_softmax`` (cos(Δo, η(o_D − o_Z))), ``cos_placebo``, ``cos_random``,
-    ``direct_ratio`` and ``indirect_ratio`` (‖·‖/‖Δo‖) and ``rebuild_error``.
-    """
-    from lrgd.dual.algebra import cosine, heads_linear_update, relative_error
-    from lrgd.dual.equivalence import split_at
-    from lrgd.llm import forward_captured
-    from lrgd.rec.prompts import drop_span
-
-    demo = prompt.demo_mask
-    if (placebo & demo).any():
-        raise ConfigError("the placebo span overlaps the demonstrations; choose a span outside them")
-    with_layers = forward_captured(model, prompt.input_ids)
-    ids, pos_ids = drop_span(prompt, demo)
-    without_layers = forward_captured(model, ids, position_ids=pos_ids)
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, list[torch.Tensor]] = {}
-    for li in sorted(with_layers):
-        cap, cap0 = with_layers[li], without_layers[li]
-        sp = split_at(cap, demo)
-        o_with = cap.out[-1].double()
-        delta = o_with - cap0.out[-1].double()
-        q = cap.q[:, -1].double()
-        lin = heads_linear_update(q, cap.k.double(), cap.v.double(), demo)
-        norm = delta.norm(dim=-1).clamp_min(1e-300)
-        parts = {
-            "cos_linear": cosine(delta, lin),
-            "cos_softmax": cosine(delta, sp.update),
-            "cos_placebo": cosine(delta, split_at(cap, placebo).update),
-            "cos_random": cosine(delta, torch.randn(delta.shape, generator=gen, dtype=torch.float64)),
-            "direct_ratio": sp.update.norm(dim=-1) / norm,
-            "indirect_ratio": (sp.out_z - cap0.out[-1].double()).norm(dim=-1) / norm,
-            "rebuild_error": relative_error(sp.combined(), o_with),
-        }
-        for name, value in parts.items():
-            out.setdefault(name, []).append(value)
-    return {name: torch.stack(v) for name, v in out.items()}
+def single_demo_reaction(
+    model: torch.nn.Module, world: RecWorld, queries: Queries, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Each query with one demonstration of a random kind (the training prior) against none: arrays [n] of
+    the demonstration's ``kind``, its true ``usefulness`` (nats, :meth:`RecWorld.demo_usefulness`), the
+    ``model``'s change of log p(target) and the Bayes observer's (``bayes_gain``)."""
+    one = world.with_demos(queries, 1, "mixed", np.random.default_rng([seed, 4]))
+    zero = world.with_demos(queries, 0, "mixed", np.random.default_rng([seed, 4]))
+    idx = np.arange(len(queries))
+    lp_one = item_log_probs(model, one)[idx, queries.target]
+    lp_zero = item_log_probs(model, zero)[idx, queries.target]
+    return {
+        "kind": one.demos.kind[:, 0],
+        "usefulness": world.demo_usefulness(one)[:, 0],
+        "model_gain": lp_one - lp_zero,
+        "bayes_gain": world.bayes_scores(one)[:, 0] - world.bayes_scores(zero)[:, 0],
+    }
