@@ -63,21 +63,23 @@ effect_pool = (
     None  # §3.5 candidate demonstrations ranked by Effect_D (None: 30 at ci, 100 at full, 300 at gpu)
 )
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
-from scipy.stats import spearmanr
+from IPython.display import Markdown, display
 
+from lrgd.checks import Checks
+from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.demos import effect as fx
+from lrgd.demos import effect_study as es
 from lrgd.demos import testbed_effect as tbe
+from lrgd.metrics import format_p, spearman
+from lrgd.provenance import Provenance
+from lrgd.results import write_json
 from lrgd.testbeds import recworld as rw
 from lrgd.testbeds import tiny_decoder as td
-from lrgd.config import get_profile, resolve_device, results_dir
-from lrgd.provenance import Provenance
-from lrgd.results import cached_json, write_json
 
 cfg = get_profile(profile)
 dev = resolve_device(device)
@@ -87,34 +89,16 @@ prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset=f"recworld + 
 torch.manual_seed(seed)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
-checks = {}
+checks = Checks()
 print(f"profile={cfg.name} device={dev} model={model} dataset={dataset} seed={seed} M={n_demos} N={n_users}")
-
-
-def check(name: str, value: float, threshold: float, at_least: bool = False) -> None:
-    """Record a verification (value ≤ threshold, or ≥ with at_least) and print it."""
-    passed = bool(value >= threshold) if at_least else bool(value <= threshold)
-    checks[name] = {"value": float(value), "threshold": threshold, "passed": passed}
-    print(f"{name}: {value:.3g}  ({'≥' if at_least else '≤'} {threshold:g}: {'yes' if passed else 'NO'})")
-
-
-def spearman_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000) -> tuple[float, float, float]:
-    """Spearman ρ over (demonstration, user) pairs [M, N], with a 95% CI from resampling users."""
-    rho = spearmanr(a.ravel(), b.ravel()).statistic
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_boot):
-        cols = rng.integers(a.shape[1], size=a.shape[1])
-        boot.append(spearmanr(a[:, cols].ravel(), b[:, cols].ravel()).statistic)
-    return float(rho), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
-
 
 # %% [markdown]
 # ## 3.2 Check: the first-order formula is the exact derivative
 #
 # On a small random Llama in float64, compare $\mathrm{Effect}_D$ (derivative rate) with a finite
 # difference of $L_u(\alpha)$ (Richardson-extrapolated, because RMSNorm computes in float32 even in a
-# float64 model), for a few random (demonstration, user) pairs.
+# float64 model), for a few random (demonstration, user) pairs. This holds by calculus whenever the code
+# is right: a check of the code, not evidence for the paper's claim (that comes in §3.3–3.4).
 
 # %%
 from lrgd.llm import random_llama
@@ -132,7 +116,10 @@ for _ in range(4):
 fd = pd.DataFrame(rows)
 fd["relative gap"] = (fd.iloc[:, 1] - fd.iloc[:, 0]).abs() / fd.iloc[:, 0].abs()
 display(fd.round(5))
-check("Effect_D (derivative) vs finite differences, max relative gap", fd["relative gap"].max(), 2e-3)
+checks.check(
+    "Effect_D (derivative) vs finite differences, max relative gap", fd["relative gap"].max(), 2e-3,
+    kind="identity", fmt="{:.3g}", tfmt="{:g}",
+)  # fmt: skip
 
 # %% [markdown]
 # ## 3.3 Testbed B: where each demonstration's true usefulness is known
@@ -141,37 +128,25 @@ check("Effect_D (derivative) vs finite differences, max relative gap", fd["relat
 # demonstrations — real users of random taste groups plus some random-item sequences — is scored for
 # many query users. For every (demonstration, user) pair we have the **true usefulness** (nats of
 # information about the user's group, from the world's Bayes posterior), the **true gain** (the
-# decoder's loss drop when the demonstration is inserted) and **Effect_D**.
+# decoder's loss drop when the demonstration is inserted) and **Effect_D**
+# (`lrgd.demos.testbed_effect.testbed_pairs`).
 
 # %% tags=["nbval-ignore-output"]
 torch.set_num_threads(1)  # the tiny decoder is fastest (and deterministic) on one thread
-wcfg = cfg.world
-world = rw.RecWorld.generate(wcfg, seed)
-trained = td.load_or_train(world, cfg.decoder, seed=seed, device="cpu")  # cached by chapter 1b
-net = trained.model
+world = rw.RecWorld.generate(cfg.world, seed)
+net = td.load_or_train(world, cfg.decoder, seed=seed, device="cpu").model  # cached by chapter 1b
 
 # %%
-rng = np.random.default_rng([seed, 3])
-n_q, n_pool = cfg.effect.testbed_queries, cfg.effect.testbed_pool
-queries = world.sample_queries(n_q, rng)
-pool = tbe.demo_pool(world, n_pool, rng)
-width = wcfg.demo_history_len + 3
-users_tb = tbe.slot_prompts(queries, width)
-pool_ids = tbe.pool_tokens(pool)
-d_tb, u_tb = fx.demo_states(net, users_tb, pool_ids), fx.user_states(net, users_tb)
-E_tb = fx.effect_matrix(d_tb, u_tb).numpy()
-G_tb = fx.true_gain_matrix(net, users_tb, pool_ids).numpy()
-U_tb = world.demo_usefulness(rw.PromptBatch(queries, tbe.pool_for(queries, pool))).T  # [M, N]
-kind_tb = tbe.pool_for(queries, pool).kind.T
-print(f"{n_pool} demonstrations × {n_q} users = {E_tb.size} pairs")
+tb = tbe.testbed_pairs(net, world, cfg.effect.testbed_queries, cfg.effect.testbed_pool, seed)
+print(f"{tb.effect.shape[0]} demonstrations × {tb.effect.shape[1]} users = {tb.effect.size} pairs")
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
 for k, name in enumerate(rw.KINDS):
-    sel = kind_tb == k
-    ax[0].scatter(E_tb[sel], G_tb[sel], s=3, alpha=0.4, label=name)
-    ax[1].scatter(U_tb[sel], E_tb[sel], s=3, alpha=0.4, label=name)
-lim = [min(E_tb.min(), G_tb.min()), max(E_tb.max(), G_tb.max())]
+    sel = tb.kind == k
+    ax[0].scatter(tb.effect[sel], tb.gain[sel], s=3, alpha=0.4, label=name)
+    ax[1].scatter(tb.usefulness[sel], tb.effect[sel], s=3, alpha=0.4, label=name)
+lim = [min(tb.effect.min(), tb.gain.min()), max(tb.effect.max(), tb.gain.max())]
 ax[0].plot(lim, lim, "k:", lw=0.8, label="y = x")
 ax[0].set(xlabel="Effect_D (secant)", ylabel="true gain (nats)", title="Effect_D vs the decoder's true gain")
 ax[1].set(xlabel="true usefulness (nats)", ylabel="Effect_D", title="Effect_D vs ground truth")
@@ -179,20 +154,24 @@ for a in ax:
     a.legend(fontsize=7, markerscale=3)
 fig.tight_layout()
 plt.show()
-corr_tb = pd.DataFrame(
+corr_tb = es.correlation_table(
     {
-        "Effect_D vs true gain": spearman_ci(E_tb, G_tb),
-        "Effect_D vs usefulness": spearman_ci(E_tb, U_tb),
-        "true gain vs usefulness": spearman_ci(G_tb, U_tb),
+        "Effect_D vs true gain": (tb.effect, tb.gain),
+        "Effect_D vs usefulness": (tb.effect, tb.usefulness),
+        "true gain vs usefulness": (tb.gain, tb.usefulness),
     },
-    index=["Spearman ρ", "CI low", "CI high"],
-).T
+    seed=seed,
+)
 display(corr_tb.round(3))
-check("testbed B: Spearman(Effect_D, true gain), lower CI", corr_tb.iloc[0, 1], 0.5, at_least=True)
+checks.check("testbed B: Spearman(Effect_D, true gain), lower CI", corr_tb.iloc[0, 1], 0.5, at_least=True,
+             fmt="{:.3g}", tfmt="{:g}")  # fmt: skip
+
+# %% tags=["remove-input"]
+display(Markdown(tbe.correlation_reading(corr_tb)))
 
 # %% [markdown]
-# Effect_D predicts the decoder's own gain closely; both relate more loosely to the Bayes usefulness,
-# because the decoder is not the Bayes observer and one sampled next item is a noisy target.
+# The first three columns pool all pairs; the within-user columns correlate over the demonstrations of one
+# user at a time and average over users, which is what choosing demonstrations *for* a user needs.
 #
 # **Selection.** Each user picks $k = 2$ demonstrations from the pool. Per-user Effect_D may not look at
 # the held-out item, so it is computed on a *validation* step (the history's last item as the target);
@@ -201,61 +180,18 @@ check("testbed B: Spearman(Effect_D, true gain), lower CI", corr_tb.iloc[0, 1], 
 # decoder on the held-out item, and show the Bayes observer's NDCG for the same prompts.
 
 # %%
-k_sel = 2
-val_users = world.sample_queries(n_q, np.random.default_rng([seed, 4]))
-E_val_self = fx.effect_matrix(
-    d_tb, fx.user_states(net, tbe.slot_prompts(queries, width, validation=True))
-).numpy()
-E_val_global = fx.effect_matrix(d_tb, fx.user_states(net, tbe.slot_prompts(val_users, width))).numpy().mean(1)
-rng_sel = np.random.default_rng([seed, 5])
-choices = {
-    "random": np.stack([rng_sel.choice(n_pool, k_sel, replace=False) for _ in range(n_q)]),
-    "Effect_D global": np.tile(np.argsort(-E_val_global)[:k_sel], (n_q, 1)),
-    "Effect_D per user (validation step)": np.argsort(-E_val_self, axis=0)[:k_sel].T,
-    "oracle usefulness": np.argsort(-U_tb, axis=0)[:k_sel].T,
-    "Effect_D on the held-out item (peeks)": np.argsort(-E_tb, axis=0)[:k_sel].T,
-}
-zero = rw.PromptBatch(queries, tbe.select_demos(queries, pool, np.zeros((n_q, 0), dtype=int)))
-ndcg = {"zero-shot": rw.ranking_metrics(td.score_candidates(net, zero))["NDCG@10"]}
-bayes = {"zero-shot": rw.ranking_metrics(world.bayes_scores(zero))["NDCG@10"]}
-for name, ch in choices.items():
-    batch = rw.PromptBatch(queries, tbe.select_demos(queries, pool, ch))
-    ndcg[name] = rw.ranking_metrics(td.score_candidates(net, batch))["NDCG@10"]
-    bayes[name] = rw.ranking_metrics(world.bayes_scores(batch))["NDCG@10"]
-sel_tb = pd.DataFrame(
-    {
-        name: {
-            "decoder NDCG@10": v.mean(),
-            "CI low": rw.bootstrap_ci(v, seed=seed)[1],
-            "CI high": rw.bootstrap_ci(v, seed=seed)[2],
-            "Δ vs random": (v - ndcg["random"]).mean(),
-            "Δ CI low": rw.bootstrap_ci(v - ndcg["random"], seed=seed)[1],
-            "Bayes NDCG@10": bayes[name].mean(),
-        }
-        for name, v in ndcg.items()
-    }
-).T
+choices, val_self = tbe.selection_choices(net, world, tb, k=2, seed=seed)
+sel_tb = tbe.selection_table(net, world, tb, choices, seed=seed)
 display(sel_tb.round(3))
-check(
+checks.check(
     "testbed B: selection by Effect_D on the held-out item beats random (paired Δ NDCG@10, lower CI)",
-    sel_tb.loc["Effect_D on the held-out item (peeks)", "Δ CI low"],
-    0.0,
-    at_least=True,
-)
-print(
-    f"Spearman(validation-step Effect_D, usefulness): {spearmanr(E_val_self.ravel(), U_tb.ravel()).statistic:.2f}"
-)
+    sel_tb.loc["Effect_D on the held-out item (peeks)", "Δ CI low"], 0.0, at_least=True,
+    fmt="{:.3g}", tfmt="{:g}",
+)  # fmt: skip
+print(f"Spearman(validation-step Effect_D, usefulness): {spearman(val_self, tb.usefulness):.2f}")
 
-# %% [markdown]
-# **Reading.** The score itself knows what helps: computed on the held-out item (which no real selector may
-# see) it picks demonstrations that beat random and even the oracle's usefulness ranking, because it
-# measures the gain on that very item. The *legal* selectors do not transfer in this world: per-user
-# Effect_D on the validation step is no better than random, and its correlation with the true usefulness
-# is negative. The reason is the world's design (chapter 1b): a user's history items are drawn towards the
-# cluster centre and carry almost no information about the user's group, so a demonstration that raises the
-# probability of the last history item is not one that reveals the group. A legal per-user Effect_D needs
-# a validation target that reflects the user's preference — on real data the second-to-last purchase — so
-# this is a limit of the testbed's validation signal, which we report as measured rather than tune away.
+# %% tags=["remove-input"]
+display(Markdown(tbe.selection_reading(sel_tb, val_self, tb.usefulness)))
 
 # %% [markdown]
 # ## 3.4 A real LLM on Amazon data
@@ -264,75 +200,29 @@ print(
 # × $N$ users of the dataset, each prompt holding the instruction, one demonstration slot and the user's
 # last five titles; $L_u$ is the negative log-likelihood of the user's held-out item's title. Chapter 2
 # found that demonstrations do not help a 135M model on this data, so the question here is narrower:
-# does Effect_D *predict* what a demonstration does to this model, for better or worse?
+# does Effect_D *predict* what a demonstration does to this model, for better or worse? The model and the
+# data are loaded once, by chapter 2's runner, which §3.5 uses too. Every demonstration passes the
+# library's leakage guard for every user; the check below reads the prompts as built instead.
 
 # %%
-from lrgd.rec.data import leave_one_out, load_dataset
-from lrgd.llm import load_model
-from lrgd.rec.prompts import prompt_parts, random_demonstrations, titled
+from lrgd.rec.evaluate import EvalConfig, Runner
 
-lm = load_model(model, device=dev)
+runner = Runner(cfg.name, dev, quiet=True)
+lm, data = runner.lm(model), runner.data(dataset)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
-ds = load_dataset(dataset)
-split = leave_one_out(ds)
-rng = np.random.default_rng([seed, 6])
-all_users = sorted(split.test)
-users = [all_users[i] for i in rng.choice(len(all_users), n_users, replace=False)]
-# leakage guard: no demonstration may contain any evaluated user's held-out items
-held_out = {ds.items[i].title for u in users for i in (split.test[u][1], split.valid[u][1])}
-drawn = random_demonstrations(ds, split, users[0], 3 * n_demos, rng, history_len=5)
-pool_llm = [d for d in drawn if not ({d.next_item, *d.history} & held_out)][:n_demos]
-leaks = sum(1 for d in pool_llm if {d.next_item, *d.history} & held_out)
-demo_ids = [fx.demo_tokens(lm.tokenizer, d.history, d.next_item) for d in pool_llm]
-slot = max(len(d) for d in demo_ids)
-sps = [
-    fx.slot_prompt(
-        lm.tokenizer,
-        prompt_parts(titled(ds, split.test[u][0])[-5:]),
-        ds.title(split.test[u][1]),
-        lm.info.chat,
-        slot,
-    )
-    for u in users
-]
-print(
-    f"{lm.info.name}: {n_demos} demonstrations × {n_users} users = {n_demos * n_users} pairs; slot {slot} tokens"
-)
-print(f"demonstrations containing any evaluated user's held-out title: {leaks}")
-third = max(1, lm.info.n_layers // 3)
-
-
-def compute_llm() -> dict:
-    d_states = fx.demo_states(lm.model, sps, demo_ids)
-    u_all = fx.user_states(lm.model, sps, "all")
-    out = {
-        "true gain": fx.true_gain_matrix(lm.model, sps, demo_ids),
-        "Effect_D": fx.effect_matrix(d_states, u_all),
-        "linear dual (ΔW_ICL q)": fx.effect_matrix(d_states, u_all, form="linear"),
-        "derivative rate": fx.effect_matrix(d_states, u_all, rate="derivative"),
-        f"early layers only (< {third})": fx.effect_matrix(d_states, u_all, layers=list(range(third))),
-        "no RoPE positioning": fx.effect_matrix(
-            fx.demo_states(lm.model, sps, demo_ids, at_slot=False), u_all
-        ),
-    }
-    for which in ("target", "end"):
-        out[f"gradient at {which} positions"] = fx.effect_matrix(
-            d_states, fx.user_states(lm.model, sps, which)
-        )
-    return {k: v.tolist() for k, v in out.items()}
-
+llm = es.llm_pairs(lm, data.ds, data.split, n_demos, n_users, seed)
+print(f"{lm.info.name}: {n_demos} demonstrations × {n_users} users = {n_demos * n_users} pairs; "
+      f"slot {llm.slot} tokens")  # fmt: skip
+checks.check(
+    "§3.4 prompts (read from their tokens) showing the user's held-out title",
+    es.leaks_as_built(llm, lm.tokenizer, data.ds, data.split), 0, kind="identity", fmt="{:.0f}", tfmt="{:g}",
+)  # fmt: skip
 
 # %% tags=["nbval-ignore-output"]
-# computed once per configuration and cached in results/<profile>/ (the re-execution reads the cache)
-key = {
-    "model": lm.info.sha256,
-    "dataset": dataset,
-    "users": users,
-    "demos": [d.__dict__ for d in pool_llm],
-    "v": 1,
-}
-mats, from_cache = cached_json(results_dir(cfg.name) / "03_effect_llm_cache.json", key, compute_llm)
-mats = {k: np.array(v) for k, v in mats.items()}
+# computed once per key (configuration, data fingerprint, weights, code hash) in results/<profile>/
+mats, from_cache = es.cached_matrices(
+    results_dir(cfg.name) / "03_effect_llm_cache.json", llm, lm, dataset, data.fingerprint, dev, seed
+)
 print("matrices from cache:", from_cache)
 
 # %%
@@ -348,31 +238,25 @@ ax[1].axvline(0, color="k", lw=0.8)
 ax[1].set(xlabel="true gain (nats)", ylabel="pairs", title="what one demonstration does to L_u")
 fig.tight_layout()
 plt.show()
-abl = pd.DataFrame(
-    {name: spearman_ci(m, G) for name, m in mats.items() if name != "true gain"},
-    index=["Spearman ρ with true gain", "CI low", "CI high"],
-).T
+abl = es.correlation_table({name: (m, G) for name, m in mats.items() if name != "true gain"}, seed=seed)
 display(abl.round(3))
 print(f"share of pairs where the demonstration helps (true gain > 0): {(G > 0).mean():.2f}")
 print(f"mean true gain {G.mean():.3f} nats; mean Effect_D {mats['Effect_D'].mean():.3f}")
-check(
-    f"{lm.info.name}: Spearman(Effect_D, true gain), lower CI",
-    abl.loc["Effect_D"].iloc[1],
-    0.0,
-    at_least=True,
-)
+checks.check(f"{lm.info.name}: Spearman(Effect_D, true gain), lower CI", abl.loc["Effect_D", "CI low"], 0.0,
+             at_least=True, fmt="{:.3g}", tfmt="{:g}")  # fmt: skip
+
+# %% tags=["remove-input"]
+display(Markdown(es.llm_reading(abl, G, mats["Effect_D"])))
 
 # %% [markdown]
-# **Reading.** In the run shown (`ci` profile, SmolLM2-135M, Games) most demonstrations *raise* the loss,
-# as chapter 2 leads one to expect, yet Effect_D ranks the pairs by what they do with a clearly positive
-# rank correlation. The ablations, with wide intervals at 100 pairs, point the same way as chapter 1:
-# the softmax-aware step carries the signal while the linear dual $\Delta W_{ICL}q$ does not; the
-# derivative rate $Z_D/Z_Z$, which extrapolates the first infinitesimal step, fails where a demonstration
-# wins most of the attention (the secant $Z_D/Z$ is bounded); summing the gradient over the target's
-# positions predicts better than over every position or the prompt end alone; and placing the
-# demonstration at its RoPE slot made no measurable difference here. Run `profile=full` (625 pairs) for
-# tighter intervals, `model=gemma3-270m` for a second model, and a larger model on a GPU
-# (`profile=gpu`, `model=/path/to/model`) for the regime where demonstrations help.
+# What the ablations change: the *linear dual* $\Delta W_{ICL}q$ drops the softmax normalisation of
+# chapter 1; the *derivative rate* $Z_D/Z_Z$ extrapolates the first infinitesimal step and grows without
+# bound where a demonstration wins most of the attention, while the secant $Z_D/Z$ is bounded; the
+# *gradient positions* restrict the sum to the target's positions or the prompt's end; *no RoPE
+# positioning* encodes the demonstration at positions $0 \dots n-1$ instead of its slot. The intervals
+# narrow with more pairs: `profile=full` runs more users and demonstrations, `model=gemma3-270m` a second
+# model, and a larger model on a GPU (`profile=gpu`, `model=/path/to/model`) the regime where
+# demonstrations help.
 #
 # ## 3.5 Choosing demonstrations by Effect_D for held-out users
 #
@@ -392,10 +276,7 @@ check(
 # zero-shot, random and similarity demonstrations (chapter 2's selectors) on the same users and candidates.
 
 # %%
-from lrgd.rec.evaluate import EvalConfig, Runner, metric_values, paired_bootstrap
-
 P = cfg.eval
-runner = Runner(cfg.name, dev, quiet=True)
 n_select_users = n_select_users or P.n_users
 effect_pool = effect_pool or cfg.effect.select_pool
 variant, _, _ = runner.validation_variant(model, seed)
@@ -421,15 +302,7 @@ print(
     f"{dataset}: {n_select_users} test users, {P.n_valid_users} validation users for the global ranking, "
     f"M = {effect_pool} candidate demonstrations; score variant {variant} (chosen on validation users)"
 )
-rows = {}
-for name, r in sel_res.items():
-    m = r["metrics"][variant]
-    rows[name] = {
-        metric: f"{m[metric]['mean']:.3f} [{m[metric]['lo']:.2f}, {m[metric]['hi']:.2f}]"
-        for metric in ("NDCG@10", "HR@10", "MRR")
-    }
-    rows[name]["fallback demos"] = r.get("fallback_demos", 0)
-display(pd.DataFrame(rows).T)
+display(es.condition_table(sel_res, variant))
 
 # %%
 pairs = [
@@ -439,24 +312,13 @@ pairs = [
     ("Effect_D global k=2", "random k=2"),
     ("Effect_D global k=2", "zero-shot"),
 ]
-diffs = {}
-for a, b in pairs:
-    d = paired_bootstrap(
-        metric_values(sel_res[a], variant, "NDCG@10"),
-        metric_values(sel_res[b], variant, "NDCG@10"),
-        P.n_boot,
-        seed,
-    )
-    diffs[f"{a} − {b}"] = d
-diff_table = pd.DataFrame(diffs).T.rename(columns={"diff": "ΔNDCG@10", "lo": "CI low", "hi": "CI high"})
-display(diff_table.round(3))
-fig, ax = plt.subplots(figsize=(7.2, 3.2))
+diff_table = es.paired_table(sel_res, pairs, variant, P.n_boot, seed)
+display(diff_table.round(3).assign(**{c: diff_table[c].map(format_p) for c in ("p", "p (Holm)")}))
 names = list(sel_res)
-means = [sel_res[n]["metrics"][variant]["NDCG@10"]["mean"] for n in names]
-err = np.array(
-    [[means[i] - sel_res[n]["metrics"][variant]["NDCG@10"][e] for e in ("lo",)]
-     + [sel_res[n]["metrics"][variant]["NDCG@10"]["hi"] - means[i]] for i, n in enumerate(names)]
-).T  # fmt: skip
+ndcg = [sel_res[n]["metrics"][variant]["NDCG@10"] for n in names]
+err = np.array([[x["mean"] - x["lo"] for x in ndcg], [x["hi"] - x["mean"] for x in ndcg]])
+fig, ax = plt.subplots(figsize=(7.2, 3.2))
+means = [x["mean"] for x in ndcg]
 ax.barh(names[::-1], means[::-1], xerr=err[:, ::-1], color=["C2", "C2", "C1", "C1", "C0"], capsize=3)
 ax.set(
     xlabel=f"NDCG@10 ({variant} score), 95% CI", title=f"{model}, {dataset}: who chooses the demonstrations"
@@ -465,28 +327,23 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# the leakage guard, re-checked on what was actually put into the prompts
+# the leakage guard, re-checked on what was actually put into the prompts (by id and by title)
 sel_pool = runner.pool(conditions["Effect_D per user k=2"])
-leaked = 0
-for name in ("Effect_D per user k=2", "Effect_D global k=2"):
-    for rec in runner.records(conditions[name]):
-        held = sel_pool.held_out(rec["user"])
-        for src, cut in rec["demo_sources"]:
-            leaked += bool(held & set(sel_pool.make(src, cut)[1]))
-check("Effect_D selection: demonstrations showing a test user's held-out item", leaked, 0)
+effect_records = [r for n in names if n.startswith("Effect_D") for r in runner.records(conditions[n])]
+checks.check(
+    "Effect_D selection: demonstrations showing a test user's held-out item",
+    es.selection_leaks(sel_pool, effect_records), 0, kind="identity", fmt="{:.3g}", tfmt="{:g}",
+)  # fmt: skip
+
+# %% tags=["remove-input"]
+chosen = es.chosen_effects(effect_records)  # Effect_D of each chosen demonstration on the validation item
+display(Markdown(es.selection_reading(dict(zip(names, means)), diff_table, chosen, n_select_users)))
 
 # %% [markdown]
-# **Reading.** In the run shown (`ci` profile: 20 Games test users, $M = 30$ candidates), every
-# condition with demonstrations sits *below* zero-shot, as in chapter 2, and choosing them by Effect_D
-# does not change that: per-user Effect_D is indistinguishable from random and from similarity
-# (paired differences of about +0.01 to +0.02 NDCG@10 with intervals spanning zero), and the global
-# ranking is significantly worse than zero-shot. Every chosen demonstration had a positive Effect_D on
-# the user's validation item (the records keep the values), so the selector did what it was asked; what
-# is predicted on the validation item does not carry over to the test item for this model, and the top
-# of a first-order ranking is where a linearisation is stretched most (we have not separated the two).
-# With 20 users the intervals are wide: `profile=full` runs 500 test users and 100 candidates, and the
-# GPU profile is there for a model large enough for demonstrations to help, which is where a selector
-# can show more than "less harm".
+# A first-order ranking is stretched most at its top, which is where a selector picks; and what is
+# predicted on a validation item need not carry over to the test item (we have not separated the two).
+# The `full` profile runs more test users and candidates; the GPU profile is there for a model large
+# enough for demonstrations to help, which is where a selector can show more than "less harm".
 #
 # The Effect_D selectors are available to every experiment through the evaluator:
 # `python -m lrgd evaluate --dataset amazon-games --method effect --k 2 --users 100`
@@ -495,25 +352,20 @@ check("Effect_D selection: demonstrations showing a test user's held-out item", 
 # ## Summary of this chapter's checks
 
 # %%
-summary = pd.DataFrame(checks).T[["value", "threshold", "passed"]]
-display(summary.assign(value=summary["value"].map("{:.3g}".format)))
-assert summary["passed"].all(), "a verification failed; see the table above"
+display(checks.table())
+checks.assert_all()
 result = {
-    "checks": checks,
+    "checks": checks.as_dict(),
     "testbed": {"correlations": corr_tb.round(4).to_dict(), "selection": sel_tb.round(4).to_dict()},
-    "llm": {
-        "model": lm.info.name,
-        "dataset": dataset,
-        "pairs": int(G.size),
-        "spearman": abl.round(4).to_dict(),
-    },
+    "llm": {"model": lm.info.name, "dataset": dataset, "pairs": int(G.size),
+            "spearman": abl.round(4).to_dict()},
     "selection": {
         "dataset": dataset,
         "variant": variant,
         "users": n_select_users,
         "effect_pool": effect_pool,
-        "ndcg10": {n: r["metrics"][variant]["NDCG@10"] for n, r in sel_res.items()},
-        "paired": diffs,
+        "ndcg10": dict(zip(names, ndcg)),
+        "paired": diff_table.to_dict(orient="index"),
     },
     "provenance": prov.finish().as_dict(),
 }

@@ -210,3 +210,144 @@ def test_batched_matrix_equals_pairwise(llama3, options):
     for i in range(4):
         for j in range(3):
             assert mat[i, j].item() == pytest.approx(effect_d(ds[i], us[j], **options), rel=1e-9, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- chapter 3's study helpers
+
+
+def _shop():
+    """A hand-made catalogue: users u1, u2 are evaluated (valid/test targets: u1 T3/T4, u2 T8/T9); pool
+    users a…e end their training sequences with the transitions below. Item 13 is a title twin of 9."""
+    from pathlib import Path
+
+    from lrgd.rec.data import Dataset, Item, leave_one_out
+
+    items = {str(i): Item(str(i), f"T{i}") for i in range(1, 13)} | {"13": Item("13", "T9")}
+    tail = ["1", "2"]  # every pool user's valid and test items (held out from their own training)
+    seqs = {
+        "u1": ["1", "2", "3", "4"],
+        "u2": ["5", "6", "8", "9"],  # as a source: (T5) → T6, from an evaluated user
+        "a": ["10", "11", "12", *tail],  # clean
+        "b": ["10", "4", "11", *tail],  # shows u1's test item by id
+        "c": ["13", "12", "10", *tail],  # shows T9, u2's test title, through the twin id 13
+        "d": ["11", "10", "3", *tail],  # next item is u1's validation item
+        "e": ["12", "11", "10", *tail],  # clean
+    }
+    ds = Dataset("shop", items, seqs, Path("."))
+    return ds, leave_one_out(ds)
+
+
+def test_shared_demonstrations_pass_the_guard_for_every_user():
+    """Only a and e are clean for both users; a guard for the first user alone would also take c and u2."""
+    import numpy as np
+
+    from lrgd.demos.effect_study import shared_demonstrations
+    from lrgd.errors import DataError
+
+    ds, split = _shop()
+    for seed in range(5):  # whatever the draw order
+        sources, demos = shared_demonstrations(ds, split, ["u1", "u2"], 2, np.random.default_rng(seed), 2)
+        assert {s for s, _ in sources} == {"a", "e"}
+        assert {(d.history, d.next_item) for d in demos} == {(("T10", "T11"), "T12"), (("T12", "T11"), "T10")}
+        with pytest.raises(DataError, match="only 2 leakage-free"):
+            shared_demonstrations(ds, split, ["u1", "u2"], 3, np.random.default_rng(seed), 2)
+
+
+def _pairs(tok, chat: bool, ds, split, demos, history: list[str]):
+    """LLMPairs for u1 and u2 built by hand (no guard): each user's slot prompt and the demos' tokens."""
+    from lrgd.demos import effect_study as es
+    from lrgd.demos.effect import demo_tokens, slot_prompt
+    from lrgd.rec.prompts import prompt_parts
+
+    tokens = [demo_tokens(tok, d.history, d.next_item) for d in demos]
+    slot = max(len(t) for t in tokens)
+    users = ["u1", "u2"]
+    prompts = [slot_prompt(tok, prompt_parts(history), ds.title(split.test[u][1]), chat, slot) for u in users]
+    return es.LLMPairs(users, [("x", 1)] * len(demos), list(demos), tokens, prompts)
+
+
+@pytest.mark.llm
+def test_leaks_are_counted_in_the_prompts_as_built():
+    """A demonstration that bypassed the guard is found in the decoded tokens, for the user it leaks to;
+    a tokenizer whose decoding loses the template is an error, not a clean count."""
+    from test_rank import tiny_tokenizer
+    from transformers import AutoTokenizer
+
+    from lrgd.demos.effect_study import leaks_as_built
+    from lrgd.llm import model_folder
+    from lrgd.rec.prompts import Demonstration
+
+    ds, split = _shop()
+    tok = AutoTokenizer.from_pretrained(model_folder("smollm2-135m"))
+    demos = [Demonstration(("T10", "T11"), "T12"), Demonstration(("T1", "T4"), "T12")]  # the 2nd shows T4
+    assert leaks_as_built(_pairs(tok, True, ds, split, demos, ["T2"]), tok, ds, split) == 1  # (2nd, u1) only
+    word_level = tiny_tokenizer()  # its decode drops the newlines of the template
+    demos = [Demonstration(("Item 1 2",), "Item 3 4")]
+    with pytest.raises(ModelError, match="cannot read the demonstration back"):
+        leaks_as_built(_pairs(word_level, False, ds, split, demos, ["Item 5 6"]), word_level, ds, split)
+
+
+def test_correlation_table_pooled_and_within_user():
+    """Within each user the ranking is perfect, pooled it is not (users differ in scale): hand-computed."""
+    import numpy as np
+
+    from lrgd.demos.effect_study import correlation_table
+
+    a = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # [M=3 demonstrations, N=2 users]
+    b = np.array([[3.0, 1.0], [4.0, 2.0], [5.0, 3.5]])
+    row = correlation_table({"x": (a, b)}, n_boot=50).loc["x"]
+    # pooled ranks: a → 1 2 3 4 5 6 (user 1 first), b → 3 5 6 1 2 4 (interleaved); ρ = 1 − 6·Σd²/(n(n²−1))
+    d2 = sum((x - y) ** 2 for x, y in zip([1, 4, 2, 5, 3, 6], [3, 1, 5, 2, 6, 4]))
+    assert row["Spearman ρ"] == pytest.approx(1 - 6 * d2 / (6 * 35))
+    assert row["within-user ρ"] == pytest.approx(1.0)
+
+
+def test_readings_follow_the_numbers():
+    """The sentence says what the interval says: positive, none, or negative; ablations sorted by it."""
+    import numpy as np
+    import pandas as pd
+
+    from lrgd.demos.effect_study import llm_reading
+
+    columns = ("Spearman ρ", "CI low", "CI high", "within-user ρ", "w. CI low", "w. CI high")
+
+    def table(lo: float, hi: float) -> pd.DataFrame:
+        rows = {"Effect_D": (0.3, lo, hi), "linear dual": (-0.5, -0.8, -0.1), "no RoPE": (0.3, 0.0, 0.6)}
+        return pd.DataFrame({n: dict(zip(columns, 2 * r)) for n, r in rows.items()}).T
+
+    gain = np.array([[1.0, -1.0], [-2.0, -3.0]])  # 25% of pairs help
+    assert "a positive rank correlation" in llm_reading(table(0.1, 0.5), gain, gain)
+    assert "no clear rank correlation" in llm_reading(table(-0.1, 0.5), gain, gain)
+    assert "a negative rank correlation" in llm_reading(table(-0.5, -0.1), gain, gain)
+    text = llm_reading(table(0.1, 0.5), gain, gain)
+    assert "raise* the loss (25% of pairs help)" in text
+    assert "linear dual rank clearly worse" in text and "no RoPE cannot be told apart" in text
+
+
+def test_testbed_legal_selectors_never_read_the_held_out_item():
+    """Changing every query's held-out target leaves the legal selectors' choices (and the validation-step
+    Effect_D) unchanged; only the peeking selector may move."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from lrgd.config import get_profile
+    from lrgd.demos import testbed_effect as tbe
+    from lrgd.testbeds import recworld as rw
+    from lrgd.testbeds import tiny_decoder as td
+
+    prof = get_profile("ci")
+    world = rw.RecWorld.generate(prof.world, 0)
+    net = td.build_model(world.config, prof.decoder, 0).eval()
+    tb = tbe.testbed_pairs(net, world, 6, 5, 0)
+    assert tb.effect.shape == tb.gain.shape == tb.usefulness.shape == tb.kind.shape == (5, 6)
+    choices, val_self = tbe.selection_choices(net, world, tb, k=2)
+    q = tb.queries
+    moved = replace(q, target=(q.target + 1) % world.config.n_items)
+    choices2, val_self2 = tbe.selection_choices(net, world, replace(tb, queries=moved), k=2)
+    np.testing.assert_array_equal(val_self, val_self2)
+    for name in ("random", "Effect_D global", "Effect_D per user (validation step)"):
+        np.testing.assert_array_equal(choices[name], choices2[name])
+    np.testing.assert_array_equal(
+        choices["Effect_D on the held-out item (peeks)"], np.argsort(-tb.effect, 0)[:2].T
+    )
