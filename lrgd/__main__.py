@@ -66,25 +66,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     g = e.add_argument_group("method parameters", "declared by the selectors and references that take them")
-    for param, owners in _method_params().values():
+    for param, owners, default in _method_params().values():
         kind = _bool if param.type is bool else param.type
         g.add_argument(
             _flag(param.name), dest=f"param_{param.name}", type=kind, default=None,
-            help=f"{param.help or param.name} ({', '.join(owners)}; default {param.default})",
+            metavar=param.type.__name__.upper(),
+            help=f"{param.help} ({', '.join(owners)}; default {default})",
         )  # fmt: skip
     return p
 
 
 def _method_params() -> dict:
-    """Parameter name → (its declaration, the methods declaring it), over every registered method."""
+    """Parameter name → (its declaration, the methods declaring it, its default in words)."""
     from lrgd.rec.references import REFERENCES
     from lrgd.rec.select import SELECTORS
 
     out: dict = {}
     for registry in (SELECTORS, REFERENCES):
         for method in registry:
+            from_profile = getattr(registry.get(method), "profile_defaults", {})
             for param in registry.params(method):
-                out.setdefault(param.name, (param, []))[1].append(method)
+                default = (
+                    f"the profile's {from_profile[param.name]}"
+                    if param.name in from_profile
+                    else param.default
+                )
+                out.setdefault(param.name, (param, [], default))[1].append(method)
     return out
 
 

@@ -129,7 +129,7 @@ class EffectRanker:
 class EffectSelector:
     """Candidates ranked by Effect_D on the evaluated user's validation item; the best ``k`` allowed."""
 
-    effect_pool: int = field(default=30, metadata={"help": "effect selectors: candidate demonstrations (M)"})
+    effect_pool: int = field(default=30, metadata={"help": "candidate demonstrations ranked by Effect_D (M)"})
     code: ClassVar[tuple[str, ...]] = ("lrgd.demos.effect",)
 
     def validate(self) -> None:
@@ -162,7 +162,7 @@ class EffectGlobalSelector(EffectSelector):
     """Candidates ranked by mean Effect_D over the validation items of ``effect_users`` users (the last of
     the seeded validation-user order), one ranking shared by every evaluated user."""
 
-    effect_users: int = field(default=20, metadata={"help": "effect-global: validation users averaged"})
+    effect_users: int = field(default=20, metadata={"help": "validation users whose Effect_D is averaged"})
 
     def validate(self) -> None:
         super().validate()

@@ -99,8 +99,8 @@ class PopularityReference:
 class BM25Reference:
     """BM25 with the candidate title as the document and the history's words as the query."""
 
-    bm25_k1: float = field(default=1.2, metadata={"help": "ref-bm25: term-frequency saturation k1"})
-    bm25_b: float = field(default=0.75, metadata={"help": "ref-bm25: length normalisation b"})
+    bm25_k1: float = field(default=1.2, metadata={"help": "BM25 term-frequency saturation k1"})
+    bm25_b: float = field(default=0.75, metadata={"help": "BM25 length normalisation b"})
 
     def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
         idf, avg = stats.idf

@@ -28,7 +28,6 @@ record (:func:`lrgd.results.cache_key`): change any of them and the result is re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -48,7 +47,7 @@ from lrgd.rec.prompts import Prompt, Truncation
 from lrgd.rec.records import RecordSchema, Skipped, append_record, read_records, seal
 from lrgd.rec.references import References
 from lrgd.rec.select import Selection
-from lrgd.results import cache_key, code_hash, content_key, write_json
+from lrgd.results import cache_key, code_hash, content_key, file_hash, write_json
 
 #: modules whose source enters the key of every LLM record (plus the selector's own module and ``code``)
 LLM_CODE = (
@@ -158,7 +157,7 @@ class Runner:
 
     def model_source(self, name: str) -> tuple[str, str]:
         """(source file, sha256) of a model without loading it: a converted folder records its GGUF's
-        hash; a plain HF folder is identified by its config and weight-file sizes."""
+        hash; a plain HF folder hashes its config and weight files (once per process)."""
         from lrgd.llm import model_folder
 
         folder = model_folder(name)
@@ -166,10 +165,17 @@ class Runner:
         if src.is_file():
             meta = json.loads(src.read_text())
             return meta["source_file"], meta["sha256"]
-        h = hashlib.sha256((folder / "config.json").read_bytes())
-        for f in sorted(folder.glob("*.safetensors")):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-        return "config.json", h.hexdigest()
+
+        def weights() -> str:
+            files = [
+                folder / "config.json",
+                *sorted(folder.glob("*.safetensors")),
+                *sorted(folder.glob("*.bin")),
+            ]
+            return content_key([(f.name, file_hash(f)) for f in files], n=64)
+
+        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()))
+        return "config.json", self.memo(("weights", str(folder), stamp), weights)
 
     def embedder(self):
         """The sentence embedder of the similarity selector (:class:`lrgd.rec.embed.Embedder`)."""

@@ -260,7 +260,7 @@ class PopularDemos:
 class SimilarDemos:
     """The pool users whose history is most similar to the user's (cosine of MiniLM embeddings)."""
 
-    similarity_pool: int = field(default=2000, metadata={"help": "similarity: pool users embedded"})
+    similarity_pool: int = field(default=2000, metadata={"help": "pool users embedded and searched"})
     profile_defaults: ClassVar[dict[str, str]] = {"similarity_pool": "eval.similarity_pool"}
     code: ClassVar[tuple[str, ...]] = ("lrgd.rec.embed",)
 
