@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from lrgd.errors import ConfigError, ModelError
+from lrgd.metrics import rank_of_target, tie_key
 
 SCORE_VARIANTS = ("summed", "mean", "pmi")
 SCORING_MODES = ("packed", "batched")
@@ -251,26 +251,19 @@ def score_naive(model, prompt_ids: torch.Tensor, conts: Sequence[Sequence[int]])
 # ----------------------------------------------------------------------------- ranking
 
 
-def tie_key(item: str, user: str, seed: int) -> int:
-    """A seeded hash that breaks ties between equal scores: deterministic, independent of the order in
-    which candidates are listed, and unrelated to which candidate is the target."""
-    return zlib.crc32(f"{seed}\x1f{user}\x1f{item}".encode())
-
-
 def rank_order(scores: Sequence[float], items: Sequence[str], user: str, seed: int) -> list[int]:
-    """Indices of ``items`` from best to worst: higher score first, ties by :func:`tie_key`.
-
-    NaN scores rank last.
-    """
+    """Indices of ``items`` from best to worst: higher score first, ties by :func:`lrgd.metrics.tie_key`
+    (the library's one tie convention). NaN scores rank last."""
     s = np.asarray(scores, dtype=np.float64)
     s = np.where(np.isnan(s), -np.inf, s)
     return sorted(range(len(items)), key=lambda j: (-s[j], tie_key(items[j], user, seed)))
 
 
 def target_rank(scores: Sequence[float], items: Sequence[str], target: str, user: str, seed: int) -> int:
-    """1-based rank of ``target`` under :func:`rank_order`."""
-    order = rank_order(scores, items, user, seed)
-    return 1 + [items[j] for j in order].index(target)
+    """1-based rank of ``target`` among ``items`` (:func:`lrgd.metrics.rank_of_target`, the same order as
+    :func:`rank_order`)."""
+    keys = [tie_key(i, user, seed) for i in items]
+    return rank_of_target(scores, list(items).index(target), keys)
 
 
 def variant_scores(summed: np.ndarray, n_tokens: np.ndarray, null_summed: np.ndarray | None) -> dict:
