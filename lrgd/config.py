@@ -19,7 +19,9 @@ explicit overrides) → library → model/data.
 Environment variables (all optional; read here and nowhere else):
 
 ``LRGD_DATA_DIR``
-    Folder holding one sub-folder per dataset (``amazon-games/`` ...). Searched first.
+    Folder holding one sub-folder per dataset (``amazon-games/`` ...). When set it is the only place
+    searched (a dataset missing there is an error naming the variable), else ``data/`` then
+    ``../shared/data``.
 ``LRGD_CACHE``
     Where converted models and trained weights are cached
     (default ``~/.cache/lrgd``, or ``$XDG_CACHE_HOME/lrgd``).
@@ -324,26 +326,33 @@ def cache_dir() -> Path:
 
 
 def data_roots() -> list[Path]:
-    """Candidate dataset roots in search order: ``$LRGD_DATA_DIR``, ``data/``, ``../shared/data``."""
-    roots = []
+    """Dataset roots in search order: ``$LRGD_DATA_DIR`` alone when it is set (no fallback, so a typo
+    cannot silently read another copy of the data), else ``data/`` then ``../shared/data``."""
     env = os.environ.get("LRGD_DATA_DIR")
     if env:
-        roots.append(Path(env).expanduser())
-    roots.append(REPO_ROOT / "data")
-    roots.append(REPO_ROOT.parent / "shared" / "data")
-    return roots
+        return [Path(env).expanduser()]
+    return [REPO_ROOT / "data", REPO_ROOT.parent / "shared" / "data"]
 
 
 def find_dataset_dir(name: str) -> Path:
-    """Return the first ``<root>/<name>`` folder that exists, or raise a :class:`DataError`."""
+    """Return the first ``<root>/<name>`` folder of :func:`data_roots`, or raise a one-line
+    :class:`DataError` naming the folder(s) looked in and the fix."""
+    env = os.environ.get("LRGD_DATA_DIR")
     tried = [root / name for root in data_roots()]
     for path in tried:
         if path.is_dir():
             return path
-    listing = "\n  ".join(str(p) for p in tried)
+    if env:
+        root = data_roots()[0]
+        where = f"{root} does not exist" if not root.is_dir() else f"{tried[0]} is not a folder"
+        raise DataError(
+            f"dataset {name!r} not found: LRGD_DATA_DIR={env} but {where}; set LRGD_DATA_DIR to the "
+            f"folder holding {name}/ (or unset it to search data/ and ../shared/data); "
+            "data/README.md says where to obtain each dataset"
+        )
     raise DataError(
-        f"dataset {name!r} not found; looked in:\n  {listing}\n"
-        "Set LRGD_DATA_DIR to the folder holding it; data/README.md says where to obtain each dataset."
+        f"dataset {name!r} not found in {' or '.join(str(p) for p in tried)}; set LRGD_DATA_DIR to the "
+        f"folder holding {name}/; data/README.md says where to obtain each dataset"
     )
 
 
