@@ -12,6 +12,7 @@ with them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -112,7 +113,15 @@ class EvalConfig:
             raise ConfigError(
                 f"{self.method} is a non-LLM reference; list_candidates/generate apply to LLM methods"
             )
-        self.method_object()  # unknown or invalid parameters
+        for name, value in self.params:  # NaN and ±inf compare false with every bound: refuse them here
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        method = self.method_object()  # unknown or invalid parameters
+        pool = getattr(method, "similarity_pool", None)
+        if pool is not None and pool < self.k:  # it takes its k demonstrations from that many users
+            raise ConfigError(
+                f"--similarity-pool {pool} is smaller than --k {self.k}; raise --similarity-pool or lower --k"
+            )
         return self
 
     def _check_numbers(self) -> None:

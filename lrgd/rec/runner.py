@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from lrgd.config import get_profile, resolve_device, results_dir
-from lrgd.errors import ConfigError, DataError
+from lrgd.errors import ConfigError, DataError, ModelError
 from lrgd.metrics import per_user_metrics, summarize
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import Dataset, Split, leave_one_out, load_dataset, sample_candidates
@@ -277,7 +277,10 @@ class Runner:
                 and target in c and all(i in st.ds.items for i in c)
             )  # fmt: skip
             if not ok:
-                saved[u] = sample_candidates(st.ds, u, target, hist, n=cfg.n_candidates, seed=cfg.seed)
+                try:
+                    saved[u] = sample_candidates(st.ds, u, target, hist, n=cfg.n_candidates, seed=cfg.seed)
+                except DataError as exc:  # name the option that asked for too many
+                    raise DataError(f"{exc}; lower --candidates (got {cfg.n_candidates})") from exc
                 missing.append(u)
         if missing and save:
             write_json(path, saved)
@@ -572,10 +575,18 @@ class Runner:
         listed = titles if (cfg.list_candidates or generate) else None
         window = self.window(cfg)
         reserve = cfg.max_new_tokens if generate else max(len(c) for c in conts)
-        prompt, trunc = fit_prompt(
-            lm.tokenizer, history, list(sel.demos), lm.info.chat, window, reserve, listed,
-            parts_fn=generate_prompt_parts if generate else prompt_parts,
-        )  # fmt: skip
+        try:
+            prompt, trunc = fit_prompt(
+                lm.tokenizer, history, list(sel.demos), lm.info.chat, window, reserve, listed,
+                parts_fn=generate_prompt_parts if generate else prompt_parts,
+            )  # fmt: skip
+        except ModelError as exc:  # the budget was the user's option, not the model's window
+            if cfg.max_prompt_tokens is None:
+                raise
+            raise ConfigError(
+                f"--max-prompt-tokens {cfg.max_prompt_tokens} is too small for user {user!r}: {exc}; "
+                "raise --max-prompt-tokens or omit it"
+            ) from exc
         return UserPrompt(
             user, target, tuple(cand), tuple(titles), tuple(map(tuple, conts)), sep, tuple(history),
             sel, prompt, trunc, window,
