@@ -9,10 +9,11 @@ The reader trusts nothing that it reads back. Each line must be a JSON object th
 3. passes the condition's schema (:class:`RecordSchema`: every field present with its type, no
    ``null``, ranks within 1..N, the user's true target; else *invalid*).
 
-A line that is not JSON (a torn write) is *torn*; a user with two different records is a *duplicate*
-and both are dropped. Bad lines are skipped individually — a torn line in the middle does not drop the
-good records after it — counted in :class:`Skipped`, and the file is rewritten atomically without them,
-so the runner recomputes exactly those users.
+A line that is not JSON (a torn write) is *torn*; a user with two records is a *duplicate*: records
+that differ only in their timings (two runs on one folder computed the user twice) keep the first, and
+records that differ in anything else are both dropped. Bad lines are skipped individually — a torn
+line in the middle does not drop the good records after it — counted in :class:`Skipped`, and the file
+is rewritten atomically without them, so the runner recomputes exactly those users.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def _sealed(rec: dict) -> bool:
         return rec.get("check") == _checksum(rec)
     except ValueError:  # NaN or infinity: never written by seal()
         return False
+
+
+#: measured wall-clock fields: they differ between two computations of the same record
+TIMINGS = ("seconds", "null_seconds")
+
+
+def _result(rec: Mapping) -> dict:
+    """``rec`` without its timings and checksum: what two computations of one user must agree on."""
+    return {k: v for k, v in rec.items() if k not in (*TIMINGS, "check")}
 
 
 def _problem(rec: dict, problem: Callable[[dict], str | None] | None) -> str | None:
@@ -177,7 +187,7 @@ def read_records(
             by_user.setdefault(rec["user"], []).append(rec)
     good = {}
     for user, recs in by_user.items():
-        if all(r == recs[0] for r in recs):
+        if all(_result(r) == _result(recs[0]) for r in recs):
             good[user] = recs[0]
             skipped.duplicate += len(recs) - 1
         else:  # which one is right is unknowable: recompute the user
