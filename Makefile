@@ -65,7 +65,7 @@ book: notebooks
 
 # ---------------------------------------------------------------- tests
 unit: $(STAMP)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --disable-socket --allow-unix-socket tests
 
 nbval: notebooks
 	$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env \

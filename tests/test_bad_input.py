@@ -339,3 +339,42 @@ def test_users_beyond_the_eligible_are_the_eligible(tmp_path, capsys, data_root)
     assert code == 0, err
     summary = json.loads(Path(out.split("results: ")[1].strip()).read_text())
     assert summary["n_users"] == summary["n_eligible"] == len(set(summary["users"])) <= 30
+
+
+# ----------------------------------------------------------------------------- offline
+
+PROBE = """
+import socket
+
+import pytest
+from pytest_socket import SocketBlockedError
+
+
+def test_tcp_is_refused():
+    with pytest.raises(SocketBlockedError):
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+
+
+def test_unix_sockets_stay_allowed():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    a.close(), b.close()
+"""
+
+
+def test_the_unit_recipe_blocks_the_network(tmp_path) -> None:
+    """`make unit` runs pytest with the flags of its recipe; under them any attempt to open a TCP socket
+    raises (so a test that reaches the network fails), while Unix sockets stay usable."""
+    import shlex
+    import subprocess
+    import sys
+
+    makefile = Path(__file__).resolve().parents[1] / "Makefile"
+    recipe = makefile.read_text().split("\nunit:", 1)[1].splitlines()[1]
+    flags = [f for f in shlex.split(recipe) if f.startswith("--")]
+    assert "--disable-socket" in flags, recipe
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *flags, str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
+    without = subprocess.run([*cmd[:6], str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert "test_tcp_is_refused FAILED" in without.stdout or "1 failed" in without.stdout, without.stdout
