@@ -52,6 +52,15 @@ def _unwritable(folder: Path, exc: OSError) -> ConfigError:
     )
 
 
+def _not_a_folder(path: Path) -> None:
+    """:class:`ConfigError` naming ``path`` when a folder stands where a result file is to be written."""
+    if path.is_dir():
+        raise ConfigError(
+            f"cannot write {path}: a folder stands in its place; remove that folder (or choose another "
+            "results folder)"
+        )
+
+
 def ensure_dir(folder: Path) -> Path:
     """Create ``folder`` (and its parents) if missing; :class:`ConfigError` if that is impossible."""
     folder = Path(folder)
@@ -75,6 +84,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     rename it onto ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     ensure_dir(path.parent)
+    _not_a_folder(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -175,6 +185,7 @@ def append_line(path: Path, record: object) -> Path:
     path = Path(path)
     line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
     ensure_dir(path.parent)
+    _not_a_folder(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # mode ∧ ¬umask, as open()
     except OSError as exc:

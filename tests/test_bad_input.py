@@ -332,6 +332,39 @@ def test_record_line_that_is_json_but_not_an_object(clean_run, capsys) -> None:
     assert same_numbers(json.loads(path.read_text()), first)
 
 
+@pytest.mark.parametrize("which", ["summary", "records", "candidates"])
+def test_a_folder_in_place_of_a_result_file(clean_run, capsys, which) -> None:
+    """The error names the file the folder stands in for (not a temporary name or its parent)."""
+    res, args, path, _ = clean_run
+    target = {
+        "summary": path,
+        "records": next((res / "ci" / "partial" / "amazon-games").glob("*.jsonl")),
+        "candidates": next((res / "ci" / "partial" / "candidates").glob("*.json")),
+    }[which]
+    target.unlink()
+    target.mkdir()
+    if which != "summary":  # make the run need the file again
+        path.unlink()
+        for f in (res / "ci" / "partial").rglob("*.json*"):
+            if f.is_file():
+                f.unlink()
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and err.strip() == f"error: cannot write {target}: a folder stands in its place; " + (
+        "remove that folder (or choose another results folder)"
+    ), err
+    assert not [p for p in res.rglob("*.tmp")]  # no temporary file left behind
+
+
+def test_record_file_with_invalid_utf8(clean_run, capsys) -> None:
+    res, args, path, first = clean_run
+    (partial,) = (res / "ci" / "partial" / "amazon-games").glob("*.jsonl")
+    lines = partial.read_bytes().splitlines(keepends=True)
+    partial.write_bytes(b"".join([*lines[:3], b'{"user": "\xff\xfe"}\n', *lines[4:]]))  # not UTF-8
+    code, out, err = cli(capsys, *args)
+    assert code == 0 and "skipped 1 record line(s)" in err and "1 computed" in out, err
+    assert same_numbers(json.loads(path.read_text()), first)
+
+
 def test_users_beyond_the_eligible_are_the_eligible(tmp_path, capsys, data_root) -> None:
     """Accepted and handled: asking for more users than are eligible evaluates every eligible user once."""
     code, out, err = cli(capsys, *games(data_root, "--method", "ref-popularity", "--users", "1000"),
