@@ -177,10 +177,6 @@ def test_number_out_of_range(tmp_path, capsys, data_root, args, names) -> None:
     refused(capsys, tmp_path, *games(data_root, *args), names=names)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BM25Reference.validate lacks k1 ≥ 0, 0 ≤ b ≤ 1 (lrgd/rec/references.py; see notes/requests.md)",
-)
 @pytest.mark.parametrize("args", [["--bm25-k1", "-1"], ["--bm25-b", "2"]], ids=["neg-k1", "b-over-1"])
 def test_bm25_parameters_outside_their_range(tmp_path, capsys, data_root, args) -> None:
     code, _, err = cli(

@@ -28,6 +28,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from lrgd.errors import ConfigError
 from lrgd.rec.registry import Registry
 
 #: reference rankers by name
@@ -101,6 +102,12 @@ class BM25Reference:
 
     bm25_k1: float = field(default=1.2, metadata={"help": "BM25 term-frequency saturation k1"})
     bm25_b: float = field(default=0.75, metadata={"help": "BM25 length normalisation b"})
+
+    def validate(self) -> None:
+        if not self.bm25_k1 >= 0:
+            raise ConfigError(f"--bm25-k1 must be ≥ 0 (term-frequency saturation), got {self.bm25_k1}")
+        if not 0 <= self.bm25_b <= 1:
+            raise ConfigError(f"--bm25-b must lie in [0, 1] (length normalisation), got {self.bm25_b}")
 
     def score(self, stats: References, user: str, history: Sequence[str], candidates: Sequence[str]):
         idf, avg = stats.idf
