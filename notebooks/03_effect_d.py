@@ -73,6 +73,7 @@ from IPython.display import Markdown, display
 from lrgd.checks import Checks
 from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.demos import effect as fx
+from lrgd.demos import effect_report as er
 from lrgd.demos import effect_study as es
 from lrgd.demos import testbed_effect as tbe
 from lrgd.metrics import format_p, spearman
@@ -154,7 +155,7 @@ for a in ax:
     a.legend(fontsize=7, markerscale=3)
 fig.tight_layout()
 plt.show()
-corr_tb = es.correlation_table(
+corr_tb = er.correlation_table(
     {
         "Effect_D vs true gain": (tb.effect, tb.gain),
         "Effect_D vs usefulness": (tb.effect, tb.usefulness),
@@ -167,7 +168,7 @@ checks.check("testbed B: Spearman(Effect_D, true gain), lower CI", corr_tb.iloc[
              fmt="{:.3g}", tfmt="{:g}")  # fmt: skip
 
 # %% tags=["remove-input"]
-display(Markdown(tbe.correlation_reading(corr_tb)))
+display(Markdown(er.testbed_correlation_reading(corr_tb)))
 
 # %% [markdown]
 # The first three columns pool all pairs; the within-user columns correlate over the demonstrations of one
@@ -191,7 +192,7 @@ checks.check(
 print(f"Spearman(validation-step Effect_D, usefulness): {spearman(val_self, tb.usefulness):.2f}")
 
 # %% tags=["remove-input"]
-display(Markdown(tbe.selection_reading(sel_tb, val_self, tb.usefulness)))
+display(Markdown(er.testbed_selection_reading(sel_tb, val_self, tb.usefulness)))
 
 # %% [markdown]
 # ## 3.4 A real LLM on Amazon data
@@ -203,9 +204,15 @@ display(Markdown(tbe.selection_reading(sel_tb, val_self, tb.usefulness)))
 # does Effect_D *predict* what a demonstration does to this model, for better or worse? The model and the
 # data are loaded once, by chapter 2's runner, which §3.5 uses too. Every demonstration passes the
 # library's leakage guard for every user; the check below reads the prompts as built instead.
+#
+# The pairs are nested in users, and users differ in how much any demonstration moves their loss. A
+# selector compares demonstrations *for one user*, so the checked quantity is the **within-user** rank
+# correlation (over one user's demonstrations, averaged over users, CI from resampling users); the
+# correlation over all pairs is shown beside it and also counts how well Effect_D orders the users.
 
 # %%
-from lrgd.rec.evaluate import EvalConfig, Runner
+from lrgd.rec.conditions import EvalConfig
+from lrgd.rec.runner import Runner
 
 runner = Runner(cfg.name, dev, quiet=True)
 lm, data = runner.lm(model), runner.data(dataset)
@@ -238,15 +245,15 @@ ax[1].axvline(0, color="k", lw=0.8)
 ax[1].set(xlabel="true gain (nats)", ylabel="pairs", title="what one demonstration does to L_u")
 fig.tight_layout()
 plt.show()
-abl = es.correlation_table({name: (m, G) for name, m in mats.items() if name != "true gain"}, seed=seed)
+abl = er.correlation_table({name: (m, G) for name, m in mats.items() if name != "true gain"}, seed=seed)
 display(abl.round(3))
 print(f"share of pairs where the demonstration helps (true gain > 0): {(G > 0).mean():.2f}")
 print(f"mean true gain {G.mean():.3f} nats; mean Effect_D {mats['Effect_D'].mean():.3f}")
-checks.check(f"{lm.info.name}: Spearman(Effect_D, true gain), lower CI", abl.loc["Effect_D", "CI low"], 0.0,
-             at_least=True, fmt="{:.3g}", tfmt="{:g}")  # fmt: skip
+checks.check(f"{lm.info.name}: within-user Spearman(Effect_D, true gain), lower CI", abl.loc["Effect_D", "w. CI low"],
+             0.0, at_least=True, fmt="{:.3g}", tfmt="{:g}")  # fmt: skip
 
 # %% tags=["remove-input"]
-display(Markdown(es.llm_reading(abl, G, mats["Effect_D"])))
+display(Markdown(er.llm_reading(abl, G, mats["Effect_D"])))
 
 # %% [markdown]
 # What the ablations change: the *linear dual* $\Delta W_{ICL}q$ drops the softmax normalisation of
@@ -282,27 +289,24 @@ effect_pool = effect_pool or cfg.effect.select_pool
 variant, _, _ = runner.validation_variant(model, seed)
 
 
-def sel_cfg(method: str, k: int = 2) -> EvalConfig:
-    """One chapter-2 condition on this section's users (zero-shot takes k = 0)."""
-    return EvalConfig(
-        dataset, method, k, n_users=n_select_users, model=model, seed=seed,
-        similarity_pool=P.similarity_pool, effect_pool=effect_pool, effect_users=P.n_valid_users,
-    )  # fmt: skip
+def sel_cfg(method: str, k: int = 2, **params) -> EvalConfig:
+    """One chapter-2 condition on this section's users (zero-shot takes k = 0); ``params``: the selector's."""
+    return EvalConfig(dataset, method, k, n_users=n_select_users, model=model, seed=seed, params=params)
 
 
 conditions = {
     "zero-shot": sel_cfg("zero-shot", 0),
     "random k=2": sel_cfg("random"),
-    "similarity k=2": sel_cfg("similarity"),
-    "Effect_D per user k=2": sel_cfg("effect"),
-    "Effect_D global k=2": sel_cfg("effect-global"),
+    "similarity k=2": sel_cfg("similarity", similarity_pool=P.similarity_pool),
+    "Effect_D per user k=2": sel_cfg("effect", effect_pool=effect_pool),
+    "Effect_D global k=2": sel_cfg("effect-global", effect_pool=effect_pool, effect_users=P.n_valid_users),
 }
 sel_res = {name: runner.run(c) for name, c in conditions.items()}
 print(
     f"{dataset}: {n_select_users} test users, {P.n_valid_users} validation users for the global ranking, "
     f"M = {effect_pool} candidate demonstrations; score variant {variant} (chosen on validation users)"
 )
-display(es.condition_table(sel_res, variant))
+display(er.condition_table(sel_res, variant))
 
 # %%
 pairs = [
@@ -312,7 +316,7 @@ pairs = [
     ("Effect_D global k=2", "random k=2"),
     ("Effect_D global k=2", "zero-shot"),
 ]
-diff_table = es.paired_table(sel_res, pairs, variant, P.n_boot, seed)
+diff_table = er.paired_table(sel_res, pairs, variant, P.n_boot, seed)
 display(diff_table.round(3).assign(**{c: diff_table[c].map(format_p) for c in ("p", "p (Holm)")}))
 names = list(sel_res)
 ndcg = [sel_res[n]["metrics"][variant]["NDCG@10"] for n in names]
@@ -336,8 +340,8 @@ checks.check(
 )  # fmt: skip
 
 # %% tags=["remove-input"]
-chosen = es.chosen_effects(effect_records)  # Effect_D of each chosen demonstration on the validation item
-display(Markdown(es.selection_reading(dict(zip(names, means)), diff_table, chosen, n_select_users)))
+chosen = er.chosen_effects(effect_records)  # Effect_D of each chosen demonstration on the validation item
+display(Markdown(er.selection_reading(dict(zip(names, means)), diff_table, chosen, n_select_users)))
 
 # %% [markdown]
 # A first-order ranking is stretched most at its top, which is where a selector picks; and what is

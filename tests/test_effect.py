@@ -291,7 +291,7 @@ def test_correlation_table_pooled_and_within_user():
     """Within each user the ranking is perfect, pooled it is not (users differ in scale): hand-computed."""
     import numpy as np
 
-    from lrgd.demos.effect_study import correlation_table
+    from lrgd.demos.effect_report import correlation_table
 
     a = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # [M=3 demonstrations, N=2 users]
     b = np.array([[3.0, 1.0], [4.0, 2.0], [5.0, 3.5]])
@@ -307,7 +307,7 @@ def test_readings_follow_the_numbers():
     import numpy as np
     import pandas as pd
 
-    from lrgd.demos.effect_study import llm_reading
+    from lrgd.demos.effect_report import llm_reading
 
     columns = ("Spearman ρ", "CI low", "CI high", "within-user ρ", "w. CI low", "w. CI high")
 
@@ -316,11 +316,14 @@ def test_readings_follow_the_numbers():
         return pd.DataFrame({n: dict(zip(columns, 2 * r)) for n, r in rows.items()}).T
 
     gain = np.array([[1.0, -1.0], [-2.0, -3.0]])  # 25% of pairs help
-    assert "a positive rank correlation" in llm_reading(table(0.1, 0.5), gain, gain)
-    assert "no clear rank correlation" in llm_reading(table(-0.1, 0.5), gain, gain)
-    assert "a negative rank correlation" in llm_reading(table(-0.5, -0.1), gain, gain)
-    text = llm_reading(table(0.1, 0.5), gain, gain)
-    assert "raise* the loss (25% of pairs help)" in text
+    assert "is positive within a user" in llm_reading(table(0.1, 0.5), gain, gain)
+    assert "is not distinguishable from zero within a user" in llm_reading(table(-0.1, 0.5), gain, gain)
+    assert "is negative within a user" in llm_reading(table(-0.5, -0.1), gain, gain)
+    mixed = table(0.1, 0.5)
+    mixed.loc["Effect_D", "CI low"] = -0.2  # the pooled interval spans zero, the within-user one does not
+    text = llm_reading(mixed, gain, gain)
+    assert "positive within a user" in text and "not distinguishable from zero over all pairs" in text
+    assert "raise* the loss (25% of the 4 pairs help)" in text
     assert "linear dual rank clearly worse" in text and "no RoPE cannot be told apart" in text
 
 

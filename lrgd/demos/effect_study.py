@@ -1,8 +1,5 @@
-"""Chapter 3 on a real LLM: Effect_D against the true gain for M demonstrations × N users (§3.4), the
-selection by Effect_D through chapter 2's runner (§3.5), and the tables and sentences both sections print.
-
-Every function returns numbers or a table; the notebook only calls them and shows the result. Sentences
-that interpret a measurement are built here from the measurement (so they are true at every profile).
+"""Chapter 3 on a real LLM: Effect_D against the true gain for M demonstrations × N users (§3.4), and the
+leakage checks of §3.4 and §3.5. Tables and sentences are in :mod:`lrgd.demos.effect_report`.
 """
 
 from __future__ import annotations
@@ -10,51 +7,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lrgd.demos import effect as fx
 from lrgd.errors import DataError, ModelError
-from lrgd.metrics import holm, paired_bootstrap, per_user_metrics, spearman_matrix_ci, within_user_spearman_ci
 from lrgd.rec.leakage import count_leaks, held_out, shown_in_prompt
 from lrgd.rec.prompts import Demonstration, prompt_parts, titled
 from lrgd.rec.select import DemoPool
 
 #: the user's last titles in a §3.4 prompt, and the demonstrations' history length
 HISTORY_LEN = 5
-#: modules whose source determines the §3.4 matrices (their code hash keys the cache)
-CODE = ("lrgd.demos.effect", "lrgd.demos.effect_study", "lrgd.rec.prompts", "lrgd.rec.leakage", "lrgd.llm")
-
-
-# ----------------------------------------------------------------------------- correlations
-
-
-def correlation_table(pairs: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 1000, seed: int = 0):
-    """Spearman ρ of each named pair of [M, N] matrices (demonstrations × users), two ways:
-
-    * over all M·N pairs, with a 95% CI from resampling users (:func:`lrgd.metrics.spearman_matrix_ci`);
-    * within each user (ρ over the M demonstrations of one user), averaged over users, with a bootstrap CI
-      over users (:func:`lrgd.metrics.within_user_spearman_ci`) — what a per-user selector needs, because
-      pairs of one user share that user's baseline loss.
-    """
-    rows = {}
-    for name, (a, b) in pairs.items():
-        rho, lo, hi = spearman_matrix_ci(a, b, n_boot, seed)
-        w, wlo, whi = within_user_spearman_ci(a, b, n_boot, seed)
-        rows[name] = {"Spearman ρ": rho, "CI low": lo, "CI high": hi, "within-user ρ": w, "w. CI low": wlo,
-                      "w. CI high": whi}  # fmt: skip
-    return pd.DataFrame(rows).T
-
-
-def ci_words(lo: float, hi: float) -> str:
-    """A 95% interval in words: above zero, below zero, or spanning zero."""
-    return "above zero" if lo > 0 else ("below zero" if hi < 0 else "spanning zero")
-
-
-def _rho(row: pd.Series, within: bool = False) -> str:
-    if within:
-        return f"{row['within-user ρ']:.2f} [{row['w. CI low']:.2f}, {row['w. CI high']:.2f}]"
-    return f"{row['Spearman ρ']:.2f} [{row['CI low']:.2f}, {row['CI high']:.2f}]"
+#: modules whose source determines the §3.4 matrices (their code hash keys the cache; the users and
+#: demonstrations, hence the guard's choices, are in the key's configuration)
+CODE = ("lrgd.demos.effect", "lrgd.demos.effect_study", "lrgd.rec.prompts", "lrgd.llm")
 
 
 # ----------------------------------------------------------------------------- §3.4: pairs on a real LLM
@@ -197,67 +162,7 @@ def cached_matrices(path, pairs: LLMPairs, lm, dataset: str, fingerprint: str, d
     return {k: np.array(v) for k, v in mats.items()}, hit
 
 
-def llm_reading(abl: pd.DataFrame, gain: np.ndarray, effect: np.ndarray) -> str:
-    """§3.4's reading, built from the ablation table and the gain matrix [M, N]."""
-    e = abl.loc["Effect_D"]
-    helps = float((gain > 0).mean())
-    most = "most demonstrations *raise* the loss" if helps < 0.5 else "most demonstrations *lower* the loss"
-    rank = {"above zero": "a positive", "below zero": "a negative", "spanning zero": "no clear"}
-    parts = [
-        f"**Reading.** In this run {most} ({helps:.0%} of pairs help), and Effect_D shows "
-        f"{rank[ci_words(e['CI low'], e['CI high'])]} rank correlation with the true gain, "
-        f"ρ = {_rho(e)} over all {gain.size} pairs and {_rho(e, True)} within a user.",
-        f"Effect_D's mean is {effect.mean():+.3f} against a mean true gain of {gain.mean():+.3f} nats, "
-        "so read it as a ranking, not a calibrated prediction.",
-    ]
-    better = [n for n in abl.index if n != "Effect_D" and abl.loc[n, "CI low"] > e["Spearman ρ"]]
-    worse = [n for n in abl.index if n != "Effect_D" and abl.loc[n, "CI high"] < e["Spearman ρ"]]
-    same = [n for n in abl.index if n not in ("Effect_D", *better, *worse)]
-    for names, words in ((worse, "rank clearly worse than Effect_D (interval below its ρ)"),
-                         (better, "rank clearly better (interval above its ρ)"),
-                         (same, "cannot be told apart from it at this size")):  # fmt: skip
-        if names:
-            parts.append(f"Of the ablations, {', '.join(names)} {words}.")
-    return " ".join(parts)
-
-
-# ----------------------------------------------------------------------------- §3.5: selection by Effect_D
-
-
-SUMMARY_METRICS = ("NDCG@10", "HR@10", "MRR")
-
-
-def condition_table(results: dict[str, dict], variant: str) -> pd.DataFrame:
-    """One row per condition: NDCG@10, HR@10 and MRR as ``mean [CI]`` under ``variant``, and the number of
-    demonstrations filled in at random because the selector ran out."""
-    rows = {}
-    for name, r in results.items():
-        m = r["metrics"][variant]
-        rows[name] = {
-            k: f"{m[k]['mean']:.3f} [{m[k]['lo']:.2f}, {m[k]['hi']:.2f}]" for k in ("NDCG@10", "HR@10", "MRR")
-        }
-        rows[name]["fallback demos"] = r.get("fallback_demos", 0)
-    return pd.DataFrame(rows).T
-
-
-def paired_table(
-    results: dict[str, dict], pairs: list[tuple[str, str]], variant: str, n_boot: int, seed: int = 0
-) -> pd.DataFrame:
-    """Paired NDCG@10 differences ``a − b`` on the same users: bootstrap CI, sign-flip permutation p
-    (:func:`lrgd.metrics.paired_bootstrap`) and the Holm-adjusted p over the rows of this table."""
-    rows = {}
-    for a, b in pairs:
-        va, vb = (per_user_metrics(results[x]["ranks"][variant], ("NDCG@10",))["NDCG@10"] for x in (a, b))
-        rows[f"{a} − {b}"] = paired_bootstrap(va, vb, n_boot, seed)
-    df = pd.DataFrame(rows).T.rename(columns={"diff": "ΔNDCG@10", "lo": "CI low", "hi": "CI high"})
-    df["p (Holm)"] = holm(df["p"].to_numpy(dtype=float))
-    return df
-
-
-def chosen_effects(records: list[dict]) -> np.ndarray:
-    """Effect_D (on the validation item) of every demonstration the Effect_D selectors chose, from the
-    per-user records (fallback demonstrations, which have none, are left out)."""
-    return np.array([e for r in records for e in (r.get("effect") or ()) if e is not None], dtype=float)
+# ----------------------------------------------------------------------------- §3.5: leakage re-check
 
 
 def selection_leaks(pool, records: list[dict]) -> int:
@@ -270,30 +175,3 @@ def selection_leaks(pool, records: list[dict]) -> int:
             demo, ids = pool.make(src, cut)
             leaked += bool(held & set(ids)) or count_leaks([demo], held) > 0
     return leaked
-
-
-def selection_reading(means: dict[str, float], diffs: pd.DataFrame, effects: np.ndarray, n_users: int) -> str:
-    """§3.5's reading, from the NDCG@10 means per condition, the paired differences (rows ``a − b`` with
-    ``ΔNDCG@10``, ``CI low``, ``CI high``) and the chosen demonstrations' Effect_D on validation items."""
-    zero = means["zero-shot"]
-    below = [n for n in means if n != "zero-shot" and means[n] < zero]
-    others = len(means) - 1
-    if len(below) == others:
-        lead = "every condition with demonstrations sits *below* zero-shot in mean NDCG@10"
-    elif not below:
-        lead = "every condition with demonstrations sits *above* zero-shot in mean NDCG@10"
-    else:
-        lead = f"{len(below)} of {others} conditions with demonstrations sit below zero-shot in mean NDCG@10"
-    rows = [
-        f"{name}: {r['ΔNDCG@10']:+.3f} [{r['CI low']:+.3f}, {r['CI high']:+.3f}], "
-        + ci_words(r["CI low"], r["CI high"])
-        for name, r in diffs.iterrows()
-    ]
-    positive = float((effects > 0).mean()) if len(effects) else float("nan")
-    return (
-        f"**Reading.** With {n_users} test users, {lead}. Paired differences in NDCG@10 (95% CI): "
-        + "; ".join(rows)
-        + f". Of the demonstrations the Effect_D selectors chose, {positive:.0%} had a positive Effect_D on "
-        "the user's validation item (the records keep the values), so the selector did what it was asked; "
-        "whether that carries over to the test item is what the differences above measure."
-    )

@@ -4,7 +4,8 @@ Adapters: a shared pool of demonstrations, each query as a prompt with one demon
 pool's demonstrations as token rows that fill the slot (they live here, not in the testbed, so the
 testbed, a data source, depends on nothing above it). Study: Effect_D, the trained decoder's true gain and
 the world's true usefulness for every (demonstration, query) pair (:func:`testbed_pairs`), and selection
-of ``k`` demonstrations per query by each score (:func:`selection_table`).
+of ``k`` demonstrations per query by each score (:func:`selection_table`). The sentences that read these
+numbers are in :mod:`lrgd.demos.effect_report`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from lrgd.demos import effect as fx
 from lrgd.demos.effect import SlotPrompt
-from lrgd.metrics import bootstrap_ci, spearman
+from lrgd.metrics import bootstrap_ci
 from lrgd.testbeds import tiny_decoder as td
 from lrgd.testbeds.recworld import (
     ARROW,
@@ -188,62 +189,3 @@ def selection_table(
         rows[name] = {"decoder NDCG@10": mean, "CI low": lo, "CI high": hi, "Δ vs random": d,
                       "Δ CI low": dlo, "Δ CI high": dhi, "Bayes NDCG@10": bayes[name].mean()}  # fmt: skip
     return pd.DataFrame(rows).T
-
-
-def correlation_reading(corr: pd.DataFrame) -> str:
-    """§3.3's first reading, from :func:`lrgd.demos.effect_study.correlation_table` of the three pairs."""
-    from lrgd.demos.effect_study import ci_words
-
-    def says(name: str) -> str:
-        r = corr.loc[name]
-        where = ci_words(r["CI low"], r["CI high"])
-        return (
-            f"ρ = {r['Spearman ρ']:.2f} [{r['CI low']:.2f}, {r['CI high']:.2f}] "
-            f"({where}; within a user {r['within-user ρ']:.2f})"
-        )
-
-    return (
-        f"Effect_D against the decoder's own true gain: {says('Effect_D vs true gain')}; against the Bayes "
-        f"usefulness: {says('Effect_D vs usefulness')}; the true gain against usefulness: "
-        f"{says('true gain vs usefulness')}. Effect_D approximates the true gain by construction (to first "
-        "order), while usefulness is what the Bayes observer would gain: the decoder is not that observer, "
-        "and one sampled next item is a noisy target."
-    )
-
-
-VS_RANDOM = {
-    "above zero": "beats random",
-    "below zero": "is worse than random",
-    "spanning zero": "is not distinguishable from random",
-}
-
-
-def selection_reading(table: pd.DataFrame, val_self: np.ndarray, usefulness: np.ndarray) -> str:
-    """§3.3's selection reading, from :func:`selection_table` and the validation-step Effect_D."""
-    from lrgd.demos.effect_study import ci_words
-
-    def vs_random(name: str) -> str:
-        r = table.loc[name]
-        return VS_RANDOM[ci_words(r["Δ CI low"], r["Δ CI high"])]
-
-    peek, oracle = table.loc["Effect_D on the held-out item (peeks)"], table.loc["oracle usefulness"]
-    rho = spearman(val_self, usefulness)
-    legal = [vs_random("Effect_D per user (validation step)"), vs_random("Effect_D global")]
-    text = (
-        f"**Reading.** Computed on the held-out item (which no real selector may see), Effect_D's choice "
-        f"{vs_random('Effect_D on the held-out item (peeks)')} (paired ΔNDCG@10 {peek['Δ vs random']:+.3f}) "
-        f"and scores {'above' if peek['decoder NDCG@10'] > oracle['decoder NDCG@10'] else 'at or below'} "
-        f"the oracle's usefulness ranking (NDCG@10 {peek['decoder NDCG@10']:.3f} vs "
-        f"{oracle['decoder NDCG@10']:.3f}): it measures the gain on that very item. The legal selectors: "
-        f"per-user Effect_D on the validation step {legal[0]}, the global ranking {legal[1]}; the "
-        f"validation-step Effect_D correlates with the true usefulness at ρ = {rho:+.2f}."
-    )
-    if "beats random" not in legal[0]:
-        text += (
-            " A reason lies in the world's design (chapter 1b): a user's history items are drawn towards the "
-            "cluster centre and carry little information about the user's group, so a demonstration that "
-            "raises the probability of the last history item need not be one that reveals the group. A legal "
-            "per-user Effect_D needs a validation target that reflects the user's preference (on real data "
-            "the second-to-last purchase): a limit of the testbed's validation signal, reported as measured."
-        )
-    return text
