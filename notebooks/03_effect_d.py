@@ -56,12 +56,10 @@ device = "auto"  # auto | cpu | cuda
 model = "smollm2-135m"  # the real LLM of §3.4: smollm2-135m | gemma3-270m | /path/to/hf-model
 dataset = "amazon-games"  # the real data of §3.4
 seed = 0
-n_demos = None  # real-LLM demonstrations M (None: 10 at ci, 25 at full, 50 at gpu)
-n_users = None  # real-LLM users N (None: as n_demos)
-n_select_users = None  # §3.5 held-out test users (None: chapter 2's preset, 20 at ci, 500 at full)
-effect_pool = (
-    None  # §3.5 candidate demonstrations ranked by Effect_D (None: 30 at ci, 100 at full, 300 at gpu)
-)
+n_demos = None  # §3.4 real-LLM demonstrations M (None: the profile's effect.n_demos)
+n_users = None  # §3.4 real-LLM users N (None: the profile's effect.n_users)
+n_select_users = None  # §3.5 held-out test users (None: the profile's eval.n_users, as chapter 2)
+effect_pool = None  # §3.5 candidate demonstrations ranked by Effect_D (None: the profile's effect.select_pool)
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -199,9 +197,9 @@ display(Markdown(er.testbed_selection_reading(sel_tb, val_self, tb.usefulness)))
 #
 # The same computation on a real RoPE LLM: $M$ demonstrations (other users' training history → next item)
 # × $N$ users of the dataset, each prompt holding the instruction, one demonstration slot and the user's
-# last five titles; $L_u$ is the negative log-likelihood of the user's held-out item's title. Chapter 2
-# found that demonstrations do not help a 135M model on this data, so the question here is narrower:
-# does Effect_D *predict* what a demonstration does to this model, for better or worse? The model and the
+# last five titles; $L_u$ is the negative log-likelihood of the user's held-out item's title. Whether
+# demonstrations help this model at all is chapter 2's question; the question here is narrower: does
+# Effect_D *predict* what a demonstration does to this model, for better or worse? The model and the
 # data are loaded once, by chapter 2's runner, which §3.5 uses too. Every demonstration passes the
 # library's leakage guard for every user; the check below reads the prompts as built instead.
 #
@@ -278,8 +276,8 @@ display(Markdown(er.llm_reading(abl, G, mats["Effect_D"])))
 # * **Effect_D global** (`--method effect-global`): Effect_D averaged over validation users, one ranking
 #   for every test user.
 #
-# Both take $\partial L_u/\partial o$ over the target title's positions (`lrgd.demos.effect_select`): the cheap
-# choice, and the better predictor in §3.4's ablation, whose users are not these. They are compared with
+# Both take $\partial L_u/\partial o$ over the target title's positions (`lrgd.demos.effect_select`), the cheap
+# choice (§3.4's ablation compares it with the other positions, on other users). They are compared with
 # zero-shot, random and similarity demonstrations (chapter 2's selectors) on the same users and candidates.
 
 # %%
