@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from lrgd.demos.effect import demo_state, demo_tokens, effect_matrix, loss_with_demo, slot_prompt, user_state
+from lrgd.demos.effect import demo_state, effect_matrix, loss_with_demo, user_state
+from lrgd.demos.effect_study import llm_pairs
 from lrgd.llm import load_model
 from lrgd.rec.data import leave_one_out, load_dataset
-from lrgd.rec.prompts import prompt_parts, random_demonstrations, titled
 
 
 class PassCounter:
@@ -36,20 +36,10 @@ class PassCounter:
 
 
 def setup(lm, dataset: str, m: int, n: int, seed: int = 0):
+    """Demonstration tokens and slot prompts of chapter 3's §3.4 pairs (:func:`llm_pairs`)."""
     ds = load_dataset(dataset)
-    split = leave_one_out(ds)
-    rng = np.random.default_rng(seed)
-    users = sorted(split.test)
-    users = [users[i] for i in rng.choice(len(users), n, replace=False)]
-    demos = random_demonstrations(ds, split, users[0], m, rng, history_len=5)
-    dids = [demo_tokens(lm.tokenizer, d.history, d.next_item) for d in demos]
-    slot = max(len(d) for d in dids)
-    sps = []
-    for u in users:
-        hist, target = split.test[u]
-        parts = prompt_parts(titled(ds, hist)[-5:])
-        sps.append(slot_prompt(lm.tokenizer, parts, ds.title(target), lm.info.chat, slot))
-    return dids, sps
+    pairs = llm_pairs(lm, ds, leave_one_out(ds), m, n, seed)
+    return pairs.tokens, pairs.prompts
 
 
 def effect_path(lm, dids, sps, counter):
