@@ -26,9 +26,11 @@
 # items the user never touched, drawn with a seed and saved, so every method ranks identical lists.
 # The LLM scores each candidate title by its log-likelihood as the continuation of the prompt; the
 # prompt is encoded once and its key/value cache shared by all 20 titles (`lrgd.rec.rank`). Metrics are
-# HR@k, NDCG@k and MRR of the target's rank, with bootstrap 95% intervals over users
-# (`lrgd.rec.evaluate`). Every number below comes from the resumable runner behind
-# `python -m lrgd evaluate`, which keeps one JSON line per user under `results/<profile>/partial/`.
+# HR@k, NDCG@k and MRR of the target's rank, with bootstrap 95% intervals over users; two methods on
+# the same users are compared by a paired test (`lrgd.metrics`). Every choice — the score variant, the
+# best LLM row, the best reference — is made on validation users, never on the test users it is then
+# measured on. Every number below comes from the resumable runner behind `python -m lrgd evaluate`
+# (`lrgd.rec.runner`), which keeps one JSON line per user under `results/<profile>/partial/`.
 
 # %% tags=["parameters"]
 profile = (
@@ -39,26 +41,23 @@ model = "smollm2-135m"  # smollm2-135m | gemma3-270m | /path/to/a/local/hf-model
 seed = 0
 n_users = None  # test users per dataset (None: the profile's)
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 from scipy.stats import spearmanr
 
-from lrgd.config import resolve_device, results_dir
-from lrgd.config import get_profile
-from lrgd.rec.data import DATASETS
-from lrgd.rec.evaluate import (
-    EvalConfig,
-    Runner,
-    expected_random_metrics,
-    metric_values,
-    paired_bootstrap,
-)
+from lrgd.config import get_profile, resolve_device, results_dir
+from lrgd.metrics import expected_random_metrics, format_p, holm
 from lrgd.provenance import Provenance
+from lrgd.rec import report
+from lrgd.rec.conditions import EvalConfig
+from lrgd.rec.data import DATASETS
+from lrgd.rec.runner import Runner
 from lrgd.results import write_json
 
 P = get_profile(profile).eval
@@ -68,24 +67,38 @@ runner = Runner(profile, dev, quiet=True)
 prov = Provenance(profile=profile, device=dev, seed=seed, dataset=", ".join(P.table_datasets))
 lm = runner.lm(model)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
-pd.set_option("display.precision", 3)
-pd.set_option("display.width", 160)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 users_label = "all" if n_users is None else n_users
 print(f"profile={profile} device={dev} model={lm.info.name} seed={seed} test users per dataset={users_label}")
 
+# %% tags=["hide-input"]
+refs = ("ref-random", "ref-popularity", "ref-bm25", "ref-markov")
+
 
 def cfg(dataset: str, method: str, k: int = 0, **kw) -> EvalConfig:
-    """One condition with this page's model, seed, users and similarity pool."""
+    """One condition with this page's model, seed and users (the selectors' parameters: the profile's)."""
     kw.setdefault("n_users", n_users)
-    return EvalConfig(dataset, method, k, model=model, seed=seed, similarity_pool=P.similarity_pool, **kw)
+    return EvalConfig(dataset, method, k, model=model, seed=seed, **kw)
 
 
-def ndcg_diff(a: dict, b: dict, var_a: str | None = None, var_b: str | None = None) -> dict:
-    """Paired bootstrap of per-user NDCG@10, result ``a`` minus result ``b`` (same users and candidates);
-    LLM results are read with the score variant chosen in §2.3, references with ``"score"``."""
-    va, vb = var_a or variant, var_b or variant
-    return paired_bootstrap(metric_values(a, va, "NDCG@10"), metric_values(b, vb, "NDCG@10"), P.n_boot, seed)
+def k_of(method: str) -> int:
+    """Demonstrations of a table row: 0 for zero-shot and the references, the profile's k otherwise."""
+    return 0 if method == "zero-shot" or method.startswith("ref-") else P.table_k
+
+
+def var_of(method: str) -> str:
+    """The score variant a row is read with: the one chosen in §2.3 for LLM rows, "score" for references."""
+    return "score" if method.startswith("ref-") else variant
+
+
+def diff(a: dict, b: dict, method_a: str = "zero-shot", method_b: str = "zero-shot") -> dict:
+    """Paired NDCG@10 of result ``a`` minus result ``b`` (same users, same candidates): {diff, lo, hi, p}."""
+    return report.paired(a, b, var_of(method_a), var_of(method_b), P.n_boot, seed)
+
+
+def show(df: pd.DataFrame, uuid: str, caption: str | None = None, precision: int = 3, formats=None) -> None:
+    """Render ``df`` as an HTML table (fixed id: re-executions render identically)."""
+    display(report.styled(df, f"ch2-{uuid}", caption, precision, formats))
 
 
 # %% [markdown]
@@ -94,8 +107,9 @@ def ndcg_diff(a: dict, b: dict, var_a: str | None = None, var_b: str | None = No
 # Five public datasets, read by `lrgd.rec.data` from their distributed files: Amazon Beauty and Toys & Games
 # (2014 5-core) {cite}`mcauley2015image,he2016ups`, Amazon Video Games 2018 as processed by LLMRank
 # {cite}`hou2024llmrank` and Amazon Industrial & Scientific 2018 {cite}`ni2019justifying`, and
-# MovieLens-100k {cite}`harper2015movielens`. The statistics are computed by the loaders on this run;
-# the table of methods uses four of them (Scientific appears only in the statistics).
+# MovieLens-100k {cite}`harper2015movielens` (titles with their release year). The statistics are
+# computed by the loaders on this run; the table of methods uses four of them (Scientific appears only
+# in the statistics).
 
 # %%
 rows = {}
@@ -113,15 +127,8 @@ for name in DATASETS:
         "test users (≥3 items)": len(st.split.test),
     }
 stats = pd.DataFrame.from_dict(rows, orient="index")
-print(
-    stats.to_string(
-        formatters={
-            "density %": "{:.3f}".format,
-            "mean length": "{:.1f}".format,
-            "median length": "{:.0f}".format,
-        }
-    )
-)
+formats = {"density %": "{:.3f}", "mean length": "{:.1f}", "median length": "{:.0f}"}
+show(stats, "stats", "dataset statistics, computed by the loaders", formats=formats)
 
 # %% [markdown]
 # ## 2.2 The prompt, as the model sees it
@@ -131,28 +138,21 @@ print(
 # a base model (Gemma-3-270m) gets the plain text. A candidate is scored as the assistant's answer: the
 # summed log-probability of its title tokens. The candidates are **not** listed in the prompt (that is a
 # variant, tested in §2.6). Demonstrations come from other users' *training* sequences; a leakage guard
-# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.rec.select`). Here is
-# a test user of Amazon Games with $k = 2$ random demonstrations:
+# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.rec.leakage`). The
+# prompt below is the one the runner scores (`runner.user_prompt`, fitted to the model's context window),
+# for a test user of Amazon Games with $k = 2$ random demonstrations:
 
 # %%
-from lrgd.rec.prompts import build_prompt, fit_prompt, null_prompt_parts
-from lrgd.rec.rank import continuation_ids, continuation_sep, joint_tokenisation_matches
+from lrgd.rec.prompts import build_prompt, null_prompt_parts
+from lrgd.rec.rank import joint_tokenisation_matches
 
 games = runner.data("amazon-games")
-example_user = runner.eligible_users("amazon-games", "test", seed)[0][0]
-hist, target = games.split.test[example_user]
-sel = runner.pool(cfg("amazon-games", "random", 2)).select("random", example_user, 2, hist)
-history_titles = [games.ds.items[i].title for i in hist if games.ds.items[i].has_title][-10:]
-prompt, trunc = fit_prompt(lm.tokenizer, history_titles, list(sel.demos), lm.info.chat, lm.info.max_positions)
-print(prompt.text)
-print(
-    "token spans:",
-    {n: b - a for n, (a, b) in prompt.spans.items()},
-    "· total",
-    len(prompt.input_ids),
-    "tokens",
-)
-print("held-out target (never in the prompt):", games.ds.title(target))
+example = cfg("amazon-games", "random", 2)
+up = runner.user_prompt(example, runner.users(example)[0])
+print(up.prompt.text)
+spans = {n: b - a for n, (a, b) in up.prompt.spans.items()}
+print("token spans:", spans, "· total", len(up.prompt.input_ids), "tokens")
+print("held-out target (never in the prompt):", games.ds.title(up.target))
 null = build_prompt(lm.tokenizer, null_prompt_parts(), chat=lm.info.chat)
 print("\nthe history-free null prompt used by PMI:\n" + null.text)
 
@@ -160,24 +160,19 @@ print("\nthe history-free null prompt used by PMI:\n" + null.text)
 # **Is scoring on a cached prompt exact?** The cached scorer feeds the prompt's tokens and each title's
 # tokens separately. That equals the model's likelihood of the joint text only if tokenising
 # prompt + title jointly gives the same tokens. We check every (user, candidate) pair of the table's
-# zero-shot prompts:
+# zero-shot prompts, as the runner builds them:
 
 # %%
-sep = continuation_sep(lm.info.chat)
 checked = agree = 0
 for name in P.table_datasets:
-    st = runner.data(name)
-    us = runner.eligible_users(name, "test", seed)[0][:n_users]
-    cands = runner.candidates(cfg(name, "zero-shot"), us)
-    for u in us:
-        h = [st.ds.items[i].title for i in st.split.test[u][0] if st.ds.items[i].has_title][-10:]
-        p, _ = fit_prompt(lm.tokenizer, h, [], lm.info.chat, lm.info.max_positions)
-        ids = p.input_ids.tolist()
-        for c in cands[u]:
-            title = st.ds.title(c)
-            agree += joint_tokenisation_matches(
-                lm.tokenizer, p.text, ids, continuation_ids(lm.tokenizer, [title], sep)[0], sep, title
-            )
+    zero = cfg(name, "zero-shot")
+    users = runner.users(zero)
+    cands = runner.candidates(zero, users)
+    for u in users:
+        p = runner.user_prompt(zero, u, cands[u])
+        ids = p.prompt.input_ids.tolist()
+        for title, cont in zip(p.titles, p.continuations):
+            agree += joint_tokenisation_matches(lm.tokenizer, p.prompt.text, ids, list(cont), p.sep, title)
             checked += 1
 print(f"separate = joint tokenisation in {agree}/{checked} (user, candidate) pairs")
 
@@ -205,10 +200,8 @@ vt = pd.DataFrame(
     {name: {v: r["metrics"][v]["NDCG@10"]["mean"] for v in r["metrics"]} for name, r in valid.items()}
 ).T
 vt.loc["pooled"] = pooled
-print(
-    f"validation NDCG@10, zero-shot, {P.n_valid_users} validation users per dataset ({len(valid)} datasets):"
-)
-print(vt.round(3).to_string())
+caption = f"validation NDCG@10, zero-shot, {P.n_valid_users} validation users per dataset"
+show(vt, "variant", f"{caption} ({len(valid)} datasets)")
 print(f"chosen score variant for {lm.info.name}: {variant}")
 
 # %% [markdown]
@@ -225,50 +218,44 @@ print(f"chosen score variant for {lm.info.name}: {variant}")
 # **Markov** chain of item-to-item transitions.
 
 # %%
-refs = ("ref-random", "ref-popularity", "ref-bm25", "ref-markov")
 results: dict[tuple[str, str], dict] = {}
 for name in P.table_datasets:
     for m in refs:
         results[name, m] = runner.run(cfg(name, m))
     for m in P.table_methods:
         if m == "zero-shot" or name in P.icl_datasets:
-            results[name, m] = runner.run(cfg(name, m, 0 if m == "zero-shot" else P.table_k))
+            results[name, m] = runner.run(cfg(name, m, k_of(m)))
 llm_ran = {name: [m for m in P.table_methods if (name, m) in results] for name in P.table_datasets}
+methods = list(refs) + list(P.table_methods)
+label = {
+    m: m.replace("ref-", "") + " (no LLM)"
+    if m.startswith("ref-")
+    else f"LLM {m}" + (f" k={k_of(m)}" * (k_of(m) > 0))
+    for m in methods
+}
 
 
-def var_of(method: str) -> str:
-    return "score" if method.startswith("ref-") else variant
-
-
+# %%
 def cell(name: str, method: str, metric: str) -> str:
     if (name, method) not in results:
         return f"not run at {profile}"
-    x = results[name, method]["metrics"][var_of(method)][metric]
-    return f"{x['mean']:.3f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+    return report.ci_text(results[name, method]["metrics"][var_of(method)][metric])
 
 
-methods = list(refs) + list(P.table_methods)
-label = {
-    m: (m.replace("ref-", "") + " (no LLM)")
-    if m.startswith("ref-")
-    else f"LLM {m}" + ("" if m == "zero-shot" else f" k={P.table_k}")
-    for m in methods
-}
 table = pd.DataFrame(
     {
-        (name, metric): {label[m]: cell(name, m, metric) for m in methods}
-        for name in P.table_datasets
-        for metric in ("NDCG@10", "HR@10")
+        (n, met): {label[m]: cell(n, m, met) for m in methods}
+        for n in P.table_datasets
+        for met in ("NDCG@10", "HR@10")
     }
 )
 rnd = expected_random_metrics(20)
-print(
+show(
+    table,
+    "table",
     f"mean [95% bootstrap CI] over {users_label} test users per dataset; LLM rows use the {variant} score; "
-    f"a uniformly random rank gives NDCG@10 {rnd['NDCG@10']:.3f}, HR@10 {rnd['HR@10']:.3f}"
+    f"a uniformly random rank gives NDCG@10 {rnd['NDCG@10']:.3f}, HR@10 {rnd['HR@10']:.3f}",
 )
-for name in P.table_datasets:
-    print(f"\n{name}")
-    print(table[name].to_string())
 
 # %%
 fig, axes = plt.subplots(1, len(P.table_datasets), figsize=(3.2 * len(P.table_datasets), 3.4), sharey=True)
@@ -277,13 +264,8 @@ for ax, name in zip(np.atleast_1d(axes), P.table_datasets):
         if (name, m) not in results:
             continue
         x = results[name, m]["metrics"][var_of(m)]["NDCG@10"]
-        ax.errorbar(
-            x["mean"],
-            j,
-            xerr=[[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]],
-            fmt="o",
-            color="C0" if m.startswith("ref-") else "C3",
-        )
+        xerr = [[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]]
+        ax.errorbar(x["mean"], j, xerr=xerr, fmt="o", color="C0" if m.startswith("ref-") else "C3")
     ax.axvline(rnd["NDCG@10"], color="k", lw=0.6, ls=":")
     ax.set(title=name, xlabel="NDCG@10", xlim=(0, 1))
 np.atleast_1d(axes)[0].set_yticks(range(len(methods)), [label[m] for m in methods])
@@ -291,28 +273,54 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Paired differences (same users, same candidates; bootstrap over users) answer the two questions the
-# table raises: do demonstrations help the LLM, and does the best LLM beat the best reference?
+# Two questions follow from the table: do demonstrations help the LLM, and does the best LLM row beat
+# the best reference? "Best" must not be chosen on the users it is then compared on: the row that was
+# luckiest on these test users would look better than it is. So every table method also runs on each
+# dataset's **validation users** (the same protocol, one item earlier), and the best LLM row and the
+# best reference by validation NDCG@10 are the ones compared on test users.
 
 # %%
-rows = []
+val_res = {}
 for name in P.table_datasets:
-    best_llm = max(llm_ran[name], key=lambda m: results[name, m]["metrics"][variant]["NDCG@10"]["mean"])
-    best_ref = max(refs, key=lambda m: results[name, m]["metrics"]["score"]["NDCG@10"]["mean"])
+    llm_choice = llm_ran[name] if len(llm_ran[name]) > 1 else []  # one LLM row: nothing to choose
+    for m in [*refs, *llm_choice]:
+        val_res[name, m] = runner.run(cfg(name, m, k_of(m), split="valid", n_users=P.n_valid_users))
+best = {}
+for name in P.table_datasets:
+    llm = llm_ran[name]
+    best_llm = llm[0] if len(llm) == 1 else report.best_method({m: val_res[name, m] for m in llm}, var_of)
+    best[name] = (best_llm, report.best_method({m: val_res[name, m] for m in refs}, var_of))
+vv = pd.DataFrame(
+    {n: {label[m]: val_res[n, m]["metrics"][var_of(m)]["NDCG@10"]["mean"] for m in methods if (n, m) in val_res}
+     for n in P.table_datasets}
+)  # fmt: skip
+vv = vv.astype(object)  # the two rows below hold labels
+vv.loc["→ best LLM row"] = [label[best[n][0]] for n in vv.columns]
+vv.loc["→ best reference"] = [label[best[n][1]] for n in vv.columns]
+show(
+    vv, "valbest", f"validation NDCG@10 ({P.n_valid_users} validation users per dataset) and the rows chosen"
+)
+
+# %% [markdown]
+# Paired differences on the test users (same users, same candidates): the mean difference with its
+# bootstrap 95% interval over users, and a two-sided p-value from a paired sign-flip permutation test
+# (under "no difference" each user's difference is as likely to be negative as positive). With several
+# comparisons in one table some small p-values arise by chance, so the table also gives Holm's adjusted
+# p-value over all its rows; read the adjusted one.
+
+# %%
+rows, diffs = [], {}
+for name in P.table_datasets:
+    best_llm, best_ref = best[name]
     pairs = [(m, "zero-shot") for m in llm_ran[name] if m != "zero-shot"] + [(best_llm, best_ref)]
     for a, b in pairs:
-        d = ndcg_diff(results[name, a], results[name, b], var_of(a), var_of(b))
-        rows.append(
-            {
-                "dataset": name,
-                "comparison": f"{label[a]} − {label[b]}",
-                "ΔNDCG@10": d["diff"],
-                "CI low": d["lo"],
-                "CI high": d["hi"],
-                "p": d["p"],
-            }
-        )
-print(pd.DataFrame(rows).round(3).to_string(index=False))
+        diffs[name, a, b] = d = diff(results[name, a], results[name, b], a, b)
+        rows.append({"dataset": name, "comparison": f"{label[a]} − {label[b]}", **d})
+paired_table = report.with_holm(rows).set_index(["dataset", "comparison"])
+holm_p = dict(zip(diffs, holm([d["p"] for d in diffs.values()])))  # the table's adjusted p, by key
+show(
+    paired_table, "paired", f"paired ΔNDCG@10 over {users_label} test users per dataset (permutation p, Holm)"
+)
 
 # %% [markdown]
 # **Cost.** Seconds per user per condition, measured when each user was computed: the prompt's forward
@@ -331,8 +339,10 @@ for name in P.table_datasets:
     if name in P.icl_datasets:
         row[f"prompt tokens, random k={P.table_k}"] = results[name, "random"]["prompt_tokens"]
     cost[name] = row
-print(f"seconds per user per condition on {dev} ({torch.get_num_threads()} threads), and mean prompt length")
-print(pd.DataFrame(cost).round(2).to_string(na_rep="—"))
+caption = (
+    f"seconds per user per condition on {dev} ({torch.get_num_threads()} threads), and mean prompt length"
+)
+show(pd.DataFrame(cost), "cost", caption, precision=2)
 
 # %% [markdown]
 # **Which titles does each score favour?** Within each user's 20 candidates, the Spearman correlation
@@ -345,20 +355,14 @@ for v in ("summed", "mean", "pmi"):
     rhos, ratio = [], []
     for name in P.table_datasets:
         for r in runner.records(cfg(name, "zero-shot")):
-            n = np.array(r["title_tokens"], dtype=float)
-            s = (
-                np.array(r["summed"])
-                if v == "summed"
-                else (
-                    np.array(r["summed"]) / n if v == "mean" else np.array(r["summed"]) - np.array(r["null"])
-                )
-            )
+            n, summed = np.array(r["title_tokens"], dtype=float), np.array(r["summed"])
+            s = {"summed": summed, "mean": summed / n, "pmi": summed - np.array(r["null"])}[v]
             if n.std() > 0:
                 rhos.append(spearmanr(n, s).statistic)
             ratio.append(n[np.argmax(s)] / n.mean())
     rows[v] = {"mean Spearman(length, score)": np.mean(rhos), "top pick length / mean length": np.mean(ratio)}
 lengths = pd.DataFrame(rows).T
-print(lengths.round(2).to_string())
+show(lengths, "lengths", "title length and score, zero-shot, within each user's candidates", precision=2)
 
 # %% [markdown]
 # ## 2.5 More demonstrations?
@@ -368,35 +372,24 @@ print(lengths.round(2).to_string())
 
 # %%
 n_curve = min(P.curve_users, n_users) if n_users and P.curve_users else (P.curve_users or n_users)
-curve = {}
-for k in P.curve_ks:
-    m = "zero-shot" if k == 0 else P.curve_method
-    curve[k] = runner.run(cfg(P.curve_dataset, m, k, n_users=n_curve))
+curve = {
+    k: runner.run(cfg(P.curve_dataset, P.curve_method if k else "zero-shot", k, n_users=n_curve))
+    for k in P.curve_ks
+}
+popular = runner.run(cfg(P.curve_dataset, "ref-popularity", n_users=n_curve))["metrics"]["score"]["NDCG@10"]
 fig, ax = plt.subplots()
 for v, style in (("summed", "o--"), ("mean", "s--"), ("pmi", "^-")):
-    mean = [curve[k]["metrics"][v]["NDCG@10"]["mean"] for k in P.curve_ks]
-    lo = [curve[k]["metrics"][v]["NDCG@10"]["lo"] for k in P.curve_ks]
-    hi = [curve[k]["metrics"][v]["NDCG@10"]["hi"] for k in P.curve_ks]
-    ax.plot(P.curve_ks, mean, style, label=f"{v}" + (" (chosen)" if v == variant else ""))
+    ndcg = [curve[k]["metrics"][v]["NDCG@10"] for k in P.curve_ks]
+    ax.plot(P.curve_ks, [x["mean"] for x in ndcg], style, label=v + " (chosen)" * (v == variant))
     if v == variant:
-        ax.fill_between(P.curve_ks, lo, hi, alpha=0.2)
-ax.axhline(
-    runner.run(cfg(P.curve_dataset, "ref-popularity", n_users=n_curve))["metrics"]["score"]["NDCG@10"][
-        "mean"
-    ],
-    color="k",
-    lw=0.8,
-    ls=":",
-    label="popularity (no LLM)",
-)
-ax.set(
-    xlabel="demonstrations k",
-    ylabel="NDCG@10",
-    title=f"{P.curve_dataset}, {P.curve_method} demonstrations, {n_curve} users",
-    xticks=list(P.curve_ks),
-)
+        ax.fill_between(P.curve_ks, [x["lo"] for x in ndcg], [x["hi"] for x in ndcg], alpha=0.2)
+ax.axhline(popular["mean"], color="k", lw=0.8, ls=":", label="popularity (no LLM)")
+title = f"{P.curve_dataset}, {P.curve_method} demonstrations, {n_curve} users"
+ax.set(xlabel="demonstrations k", ylabel="NDCG@10", title=title, xticks=list(P.curve_ks))
 ax.legend(fontsize=8)
 plt.show()
+
+# %%
 kc = pd.DataFrame(
     {
         k: {
@@ -408,10 +401,12 @@ kc = pd.DataFrame(
     }
 ).T
 kc.index.name = "k"
-print(kc.round(3).to_string())
-dk = ndcg_diff(curve[max(P.curve_ks)], curve[0])
+caption = f"{P.curve_dataset}: NDCG@10 and HR@10 ({variant} score) and prompt length by k"
+show(kc, "curve", caption, formats={"prompt tokens": "{:.1f}"})
+dk = diff(curve[max(P.curve_ks)], curve[0])
 print(
-    f"k={max(P.curve_ks)} − k=0: ΔNDCG@10 {dk['diff']:+.3f} [{dk['lo']:+.3f}, {dk['hi']:+.3f}], p={dk['p']:.2f}"
+    f"k={max(P.curve_ks)} − k=0: ΔNDCG@10 {dk['diff']:+.3f} [{dk['lo']:+.3f}, {dk['hi']:+.3f}], "
+    f"permutation p {format_p(dk['p'])} (one comparison: no adjustment)"
 )
 
 # %% [markdown]
@@ -447,41 +442,37 @@ conds = {
 }
 res = {name: runner.run(c) for name, c in conds.items()}
 items = {name: by_item(c) for name, c in conds.items()}
-gap = max(
-    abs(u[i][0] - items["not listed"][j][i][0])
-    for j, u in enumerate(items["not listed, reversed"])
-    for i in u
-)
+plain, rev = items["not listed"], items["not listed, reversed"]
+gap = max(abs(u[i][0] - plain[j][i][0]) for j, u in enumerate(rev) for i in u)
 print(
-    f"not listed: max |Δ summed log-prob| after reversing the order, {len(items['not listed, reversed'])} users: "
-    f"{gap:.1e} (order-free up to float rounding)"
+    f"not listed: max |Δ summed log-prob| after reversing the order, {len(rev)} users: {gap:.1e} (order-free up to float rounding)"
 )
+
+# %%
 bias_rows = {}
 for name in ("not listed", "listed, sampled order", "listed, reversed order"):
-    row = {
-        "NDCG@10": res[name]["metrics"][variant]["NDCG@10"]["mean"],
-        "HR@10": res[name]["metrics"][variant]["HR@10"]["mean"],
-    }
+    row = {m: res[name]["metrics"][variant][m]["mean"] for m in ("NDCG@10", "HR@10")}
     if name.startswith("listed"):
         recs = runner.records(conds[name])
-        pos = np.array(
-            [int(np.argmax([items[name][j][i][1] for i in r["candidates"]])) + 1 for j, r in enumerate(recs)]
-        )
+        top = [
+            int(np.argmax([items[name][j][i][1] for i in r["candidates"]])) + 1 for j, r in enumerate(recs)
+        ]
+        pos = np.array(top)
         row["top pick at list pos. 1–5"] = np.mean(pos <= 5)
         row["top pick at pos. 16–20"] = np.mean(pos >= 16)
-        row["log-prob gain from listing"] = np.mean(
-            [np.mean([u[i][0] - items["not listed"][j][i][0] for i in u]) for j, u in enumerate(items[name])]
-        )
+        gain = [np.mean([u[i][0] - plain[j][i][0] for i in u]) for j, u in enumerate(items[name])]
+        row["log-prob gain from listing"] = np.mean(gain)
     bias_rows[name] = row
-print(pd.DataFrame(bias_rows).T.round(3).to_string())
+show(pd.DataFrame(bias_rows).T, "bias", f"{P.bias_dataset}, zero-shot, {nb} users ({variant} score)")
 a_, b_ = items["listed, sampled order"], items["listed, reversed order"]
 same_top = np.mean([max(u, key=lambda i: u[i][1]) == max(w, key=lambda i: w[i][1]) for u, w in zip(a_, b_)])
 rho = np.mean([spearmanr([u[i][1] for i in u], [w[i][1] for i in u]).statistic for u, w in zip(a_, b_)])
-dl = ndcg_diff(res["listed, sampled order"], res["not listed"])
+dl = diff(res["listed, sampled order"], res["not listed"])
 print(
     f"listed, sampled vs reversed order: same top item for {same_top:.2f} of users, mean Spearman of the "
-    f"scores {rho:.2f}\nlisted − not listed: ΔNDCG@10 {dl['diff']:+.3f} [{dl['lo']:+.3f}, {dl['hi']:+.3f}] over {nb} "
-    f"users of {P.bias_dataset}; with no position effect each 5-position block would hold 0.25 of the top picks"
+    f"scores {rho:.2f}\nlisted − not listed: ΔNDCG@10 {dl['diff']:+.3f} [{dl['lo']:+.3f}, {dl['hi']:+.3f}], "
+    f"permutation p {format_p(dl['p'])}, over {nb} users of {P.bias_dataset}; with no position effect "
+    "each 5-position block would hold 0.25 of the top picks"
 )
 
 # %% [markdown]
@@ -493,92 +484,97 @@ print(
 # few users here.
 
 # %%
-gen = runner.run(
-    cfg(P.bias_dataset, "zero-shot", n_users=P.generate_users, mode="generate", max_new_tokens=64)
-)
+generate = cfg(P.bias_dataset, "zero-shot", n_users=P.generate_users, mode="generate", max_new_tokens=64)
+gen = runner.run(generate)
 print(
     f"{gen['n_users']} users of {P.bias_dataset}: parse failures (no candidate named) {gen['parse_failure_rate']:.2f}, "
     f"candidates named per answer {gen['mean_named']:.1f} of 20, NDCG@10 {gen['metrics']['generated']['NDCG@10']['mean']:.3f}"
 )
-first = runner.records(
-    cfg(P.bias_dataset, "zero-shot", n_users=P.generate_users, mode="generate", max_new_tokens=64)
-)[0]
-print("first answer, verbatim:\n" + first["text"][:500])
+print("first answer, verbatim:\n" + runner.records(generate)[0]["text"][:500])
 
 # %% [markdown]
-# ## 2.8 What a 135M-parameter model can and cannot show
+# ## 2.8 What this model can and cannot show
 #
-# The statements below are computed from this run's numbers (so they stay true when the profile, the
-# model or the seed change); the paragraph after them is our reading of the `ci` run.
+# The statements below are computed from this run's numbers, so they stay true when the profile, the
+# model or the seed change. A difference is called a gain or a loss when its bootstrap 95% interval
+# excludes zero; the Holm-adjusted p-value of the same comparison is given with it.
 
 
 # %%
-def verdict(d: dict) -> str:
-    """Bootstrap CI of a paired difference → words."""
-    return "gain" if d["lo"] > 0 else ("loss" if d["hi"] < 0 else "no detectable change")
+def said(d: dict, key=None) -> str:
+    """A paired difference in words; rows of the paired table with their Holm-adjusted p."""
+    return report.in_words(d, holm_p[key], "p (Holm)") if key in holm_p else report.in_words(d)
 
 
-above = [
-    n
-    for n in P.table_datasets
-    if results[n, "zero-shot"]["metrics"][variant]["NDCG@10"]["lo"] > rnd["NDCG@10"]
+chance = rnd["NDCG@10"]
+above = [n for n in P.table_datasets if results[n, "zero-shot"]["metrics"][variant]["NDCG@10"]["lo"] > chance]
+rhos = ", ".join(f"{v} {lengths.loc[v].iloc[0]:+.2f}" for v in lengths.index)
+lines = [
+    f"- **Above chance:** the zero-shot LLM ({variant} score) has CI low > {chance:.3f} on {len(above)} of "
+    f"{len(P.table_datasets)} datasets: {', '.join(above) or 'none'}.",
+    f"- **Score variant** chosen on validation: {variant}; mean Spearman(length, score): {rhos}.",
 ]
-print(
-    f"1. zero-shot LLM ({variant}) above chance (CI low > {rnd['NDCG@10']:.3f}) on {len(above)}/{len(P.table_datasets)} datasets: {', '.join(above) or 'none'}"
+lines += [
+    f"- **Demonstrations,** {n}, {label[a]} vs zero-shot: {said(d, (n, a, b))}."
+    for (n, a, b), d in diffs.items()
+    if b == "zero-shot"
+]
+lines += [
+    f"- **Best LLM row vs best reference** (both chosen on validation), {n}: {label[a]} vs {label[b]}: {said(d, (n, a, b))}."
+    for (n, a, b), d in diffs.items()
+    if b != "zero-shot"
+]
+lines.append(f"- **More demonstrations,** {P.curve_dataset}, k={max(P.curve_ks)} vs k=0: {said(dk)}.")
+lines.append(
+    f"- **Listing the candidates** in the prompt vs not: {said(dl)}; same top item after reversing the list for {same_top:.2f} of users."
 )
-print(
-    f"2. score variant chosen on validation: {variant}; Spearman(length, score): "
-    + ", ".join(f"{v} {lengths.loc[v].iloc[0]:+.2f}" for v in lengths.index)
-)
-for n in P.table_datasets:
-    for m in llm_ran[n]:
-        if m != "zero-shot":
-            d = ndcg_diff(results[n, m], results[n, "zero-shot"])
-            print(
-                f"3. {n}, {m} k={P.table_k} vs zero-shot: {verdict(d)} (ΔNDCG@10 {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}])"
-            )
-    best_ref = max(refs, key=lambda m: results[n, m]["metrics"]["score"]["NDCG@10"]["mean"])
-    best_llm = max(llm_ran[n], key=lambda m: results[n, m]["metrics"][variant]["NDCG@10"]["mean"])
-    d = ndcg_diff(results[n, best_llm], results[n, best_ref], variant, "score")
-    print(
-        f"4. {n}: best LLM ({best_llm}) vs best reference ({best_ref}): {verdict(d)} (ΔNDCG@10 {d['diff']:+.3f})"
-    )
-print(f"5. {P.curve_dataset}, k={max(P.curve_ks)} vs k=0: {verdict(dk)}")
-print(
-    f"6. listing the candidates in the prompt vs not: {verdict(dl)} (ΔNDCG@10 {dl['diff']:+.3f}); same top item after reversing the list for {same_top:.2f} of users"
-)
+display(Markdown("\n".join(lines)))
 
 # %% [markdown]
-# **Reading of the `ci` run** (20 users per dataset, so wide intervals; `full` uses 500):
-#
-# - **It can rank, partly.** On the three Amazon datasets zero-shot likelihood scoring puts the target
-#   above chance (NDCG@10 0.43–0.53 against 0.23), close to the references; on MovieLens, whose titles
-#   are short film names with years, it is at chance. A user's history titles shift the model toward related *titles*, which is what
-#   title overlap (BM25) rewards too.
-# - **The score matters.** Summed log-probability strongly prefers short titles, the per-token mean
-#   prefers long ones; PMI (subtracting the null prompt) is in between, and validation picked it.
-# - **No learning from demonstrations at this scale.** Two random or similar demonstrations did not
-#   help: on Games they hurt (ΔNDCG@10 ≈ −0.07 for k = 2, −0.12 for k = 4), on MovieLens no detectable
-#   change. A plausible reason, not tested here: they lengthen the prompt with other users' titles. "No detectable gain" with these intervals is not "no gain", but nothing here
-#   suggests that a 135M model learns the task in context — which is what chapter 3's demonstration
-#   effect needs, hence the `gpu` profile with a larger model.
-# - **Non-LLM references match or beat it.** Popularity, BM25 and item-to-item transitions use the
-#   training data that the LLM sees only through $k$ demonstrations: no detectable difference from the
-#   best LLM row on the Amazon datasets, and on MovieLens the Markov chain is far ahead.
-# - **Listing the candidates makes the model copy.** With the list in the prompt every listed title
-#   becomes tens of nats more likely (the log-prob gain above), the differences between candidates
-#   shrink and NDCG@10 fell (not significant on 10 users). The top pick followed the *item*, not its
-#   list position: reversing the list kept it for every user checked, so we saw no position bias at
-#   this size. Likelihood scoring without a list is order-free by construction and is the default.
+# **Reading.** Generated from the same numbers; the interpretation in it (what a score rewards, what the
+# references use) does not depend on the run.
+
+
+# %%
+def among(names: list[str], prefix: str = "") -> str:
+    return f" ({prefix}{', '.join(names)})" if names else ""
+
+
+len_rho = lengths["mean Spearman(length, score)"]
+demo = [key for key in diffs if key[2] == "zero-shot"]
+gains = [f"{n}, {label[a]}" for (n, a, b) in demo if diffs[n, a, b]["lo"] > 0]
+ref_ahead = [n for (n, a, b), d in diffs.items() if b != "zero-shot" and d["hi"] < 0]
+no_icl = (
+    " Nothing here suggests that this model learns the task in context, which chapter 3's demonstration"
+    " effect needs; hence the `gpu` profile with a larger model."
+) * (not gains)
+display(
+    Markdown(f"""
+- **Can it rank?** Zero-shot likelihood scoring puts the target above chance on {len(above)} of
+  {len(P.table_datasets)} datasets{among([n for n in P.table_datasets if n not in above], "not on ")}.
+- **The score matters.** Summed log-probability counts every token against a title (mean Spearman with
+  length {len_rho["summed"]:+.2f}), the per-token mean does not ({len_rho["mean"]:+.2f}), PMI subtracts what the
+  null prompt already predicts ({len_rho["pmi"]:+.2f}); validation picked {variant}.
+- **Demonstrations:** {len(gains)} of {len(demo)} demonstration rows gain over zero-shot{among(gains)}.{no_icl}
+- **References** use the training data that the LLM sees only through $k$ demonstrations; the best
+  reference is ahead of the best LLM row on {len(ref_ahead)} of {len(P.table_datasets)} datasets{among(ref_ahead)}.
+- **Listing the candidates** moves each listed title's log-probability by
+  {bias_rows["listed, sampled order"]["log-prob gain from listing"]:+.1f} nats on average; NDCG@10:
+  {report.verdict(dl)}. Reversing the list kept the top pick for {same_top:.2f} of users. Likelihood
+  scoring without a list is order-free by construction and is the default.
+""")
+)
 
 # %%
 summary = {
     "variant": variant,
     "validation_ndcg10": pooled,
+    "best_on_validation": {n: {"llm": a, "reference": b} for n, (a, b) in best.items()},
     "table": {
         f"{n}|{m}": {met: results[n, m]["metrics"][var_of(m)][met] for met in ("NDCG@10", "HR@10", "MRR")}
         for (n, m) in results
     },
+    "paired": {f"{n}|{a}|{b}": {**d, "p_holm": holm_p[n, a, b]} for (n, a, b), d in diffs.items()},
     "curve": {k: curve[k]["metrics"][variant]["NDCG@10"] for k in P.curve_ks},
     "position_bias": bias_rows,
     "generate": {"parse_failure_rate": gen["parse_failure_rate"], "mean_named": gen["mean_named"]},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrgd.rec.report import best_method, ci_text, paired, styled, verdict, with_holm
+from lrgd.rec.report import best_method, ci_text, in_words, paired, styled, verdict, with_holm
 
 
 def result(ranks: list[int], variant: str = "pmi") -> dict:
@@ -36,6 +36,10 @@ def test_paired_difference_and_verdict() -> None:
     assert d["p"] <= 1 / 10000 * (1 + 1e-9)  # no sign flip reaches a constant difference
     assert verdict(d) == "gain" and verdict({"lo": -0.2, "hi": -0.1}) == "loss"
     assert verdict({"lo": -0.1, "hi": 0.1}) == "no detectable change"
+    loss = {"diff": -0.1, "lo": -0.2, "hi": -0.01, "p": 0.02}
+    assert in_words(loss) == "loss (ΔNDCG@10 -0.100 [-0.200, -0.010], p 0.020)"
+    adjusted = in_words(loss, 0.08, "p (Holm)")
+    assert adjusted.endswith("p (Holm) 0.080 — not significant by the permutation test)")
     shifted = dict(b, users=b["users"][::-1])
     with pytest.raises(ValueError, match="same users"):
         paired(a, shifted, "pmi", "pmi", n_boot=200, seed=0)
@@ -58,4 +62,4 @@ def test_styled_is_reproducible_html() -> None:
     df = with_holm([{"comparison": "a", "diff": 0.12345, "lo": 0.0, "hi": 0.2, "p": 0.01}])
     html = styled(df, "t1", "caption", formats={"CI high": "{:.1f}"}).to_html()
     assert html == styled(df, "t1", "caption", formats={"CI high": "{:.1f}"}).to_html()
-    assert "T_t1" in html and "0.123" in html and ">0.2<" in html and "caption" in html
+    assert "T_t1" in html and ">0.123<" in html and ">0.2<" in html and "caption" in html

@@ -58,6 +58,18 @@ def verdict(d: dict) -> str:
     return "gain" if d["lo"] > 0 else ("loss" if d["hi"] < 0 else "no detectable change")
 
 
+def in_words(d: dict, p: float | None = None, p_name: str = "p") -> str:
+    """A paired difference in words (by its 95% interval) with its numbers and p-value.
+
+    ``p`` replaces ``d["p"]`` (e.g. the Holm-adjusted one, named ``p_name``). When the interval excludes
+    zero but ``p`` ≥ 0.05, the sentence says that the permutation test does not confirm it.
+    """
+    p = d["p"] if p is None else p
+    weak = " — not significant by the permutation test" if d["lo"] * d["hi"] > 0 and p >= 0.05 else ""
+    numbers = f"ΔNDCG@10 {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {p_name} {format_p(p)}"
+    return f"{verdict(d)} ({numbers}{weak})"
+
+
 def styled(
     df: pd.DataFrame,
     uuid: str,
@@ -71,6 +83,6 @@ def styled(
     ``{"density %": "{:.3f}"}``) overrides single columns.
     """
     sty = df.style.set_uuid(uuid).format(precision=precision, na_rep="—")
-    if formats:
-        sty = sty.format(formats, na_rep="—")
+    for column, fmt in (formats or {}).items():  # one call per column: a dict would reset the others
+        sty = sty.format(fmt, subset=[column], na_rep="—")
     return sty.set_caption(caption) if caption else sty
