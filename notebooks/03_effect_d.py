@@ -59,7 +59,7 @@ seed = 0
 n_demos = None  # §3.4 real-LLM demonstrations M (None: the profile's effect.n_demos)
 n_users = None  # §3.4 real-LLM users N (None: the profile's effect.n_users)
 n_select_users = None  # §3.5 held-out test users (None: the profile's eval.n_users, as chapter 2)
-effect_pool = None  # §3.5 candidate demonstrations ranked by Effect_D (None: the profile's effect.select_pool)
+effect_pool = None  # §3.5 demonstrations ranked by Effect_D (None: the profile's effect.select_pool)
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -359,8 +359,12 @@ checks.assert_all()
 result = {
     "checks": checks.as_dict(),
     "testbed": {"correlations": corr_tb.round(4).to_dict(), "selection": sel_tb.round(4).to_dict()},
-    "llm": {"model": lm.info.name, "dataset": dataset, "pairs": int(G.size),
-            "spearman": abl.round(4).to_dict()},
+    "llm": {
+        "model": lm.info.name,
+        "dataset": dataset,
+        "pairs": int(G.size),
+        "spearman": abl.round(4).to_dict(),
+    },
     "selection": {
         "dataset": dataset,
         "variant": variant,

@@ -1,7 +1,7 @@
 """Chapter 2's tables and sentences: runner results → formatted cells, styled tables, and paired
 comparisons with permutation p-values, Holm-adjusted within each table.
 
-A result is the summary dict of :meth:`lrgd.rec.evaluate.Runner.run`: ``result["ranks"][variant]`` [n]
+A result is the summary dict of :meth:`lrgd.rec.runner.Runner.run`: ``result["ranks"][variant]`` [n]
 holds the target's rank per user, ``result["metrics"][variant][metric]`` ``{mean, lo, hi}``.
 """
 
