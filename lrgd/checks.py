@@ -38,8 +38,11 @@ class Checks:
         kind: str = "evidence",
         fmt: str = "{:.1e}",
         tfmt: str = "{:.0e}",
-    ) -> bool:
-        """Record ``value ≤ threshold`` (``≥`` with ``at_least``) as ``name``; print one line; return it."""
+    ) -> None:
+        """Record ``value ≤ threshold`` (``≥`` with ``at_least``) as ``name`` and print one line.
+
+        Returns nothing, so a check that ends a notebook cell adds no stray ``True`` to the page.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown check kind {kind!r}; choose one of {', '.join(KINDS)}")
         value = float(value)
@@ -58,7 +61,6 @@ class Checks:
         print(
             f"{name}: {fmt.format(value)}  ({op} {tfmt.format(threshold)}: {'yes' if passed else 'NO'}){note}"
         )
-        return passed
 
     def __setitem__(self, name: str, row: dict) -> None:
         """Record a check computed elsewhere (``value``, ``threshold``, ``passed``; kind defaults to
