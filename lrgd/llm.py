@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -323,10 +322,3 @@ def forward_captured(
     with torch.no_grad(), capture_attention(model) as layers:
         model(**model_inputs(model, input_ids, position_ids))
     return dict(layers)
-
-
-def timed_load(name_or_path: str, device: str = "auto") -> tuple[LoadedModel, float]:
-    """:func:`load_model` and the seconds it took."""
-    t0 = time.perf_counter()
-    lm = load_model(name_or_path, device)
-    return lm, time.perf_counter() - t0
