@@ -10,6 +10,9 @@ commented defaults:
 ``.decoder``        the tiny RoPE decoder trained on testbed B: width, depth, schedule
 ``.eval``           chapter 2's recommender evaluation: users, datasets, conditions
 ``.effect``         chapter 3's Effect_D experiments: demonstrations, users, candidate pools
+``.ceiling``        chapter 2b: what k demonstrations can tell at all (a vote over their next items)
+``.reader``         chapter 2b: the transformer trained to read demonstrations (anonymised items)
+``.itemid``         chapter 2b: the item-id sequential recommender (SASRec-style, k = 0)
 ==================  ==========================================================================
 
 Modules take their section as an argument; no module or notebook holds a size table. A parameter
@@ -230,7 +233,107 @@ class EffectSizes:
         return self
 
 
-SECTIONS = ("equivalence", "regression", "world", "decoder", "eval", "effect")
+_ALL_DATASETS = ("amazon-beauty", "amazon-toys", "amazon-games", "amazon-scientific", "ml-100k")
+
+
+@dataclass(frozen=True)
+class CeilingSizes:
+    """Chapter 2b: the information ceiling — rank candidates by the votes of k demonstrations' next items
+    (popularity breaks ties), per dataset and selector, on chapter 2's candidate protocol."""
+
+    datasets: tuple[str, ...] = _ALL_DATASETS
+    selectors: tuple[str, ...] = ("random", "recent", "similarity", "popular")
+    ks: tuple[int, ...] = (1, 4, 16, 64)
+    n_users: int | None = 200  # test users per dataset (None: all)
+    n_valid_users: int | None = 200  # validation users (where a best k / selector is chosen)
+
+    def validate(self) -> CeilingSizes:
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"ceiling.ks must be ≥ 1 (k = 0 is the popularity row), got {self.ks}")
+        for name in ("n_users", "n_valid_users"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"ceiling.{name} must be ≥ 1 or None (all), got {v}")
+        return self
+
+
+@dataclass(frozen=True)
+class ReaderSizes:
+    """Chapter 2b: a small RoPE transformer trained to read demonstrations.
+
+    Items are anonymised: a token is the item's frozen MiniLM title vector, its popularity percentile in
+    its catalogue and an identity tag drawn afresh for every prompt, so what the model knows about an item
+    beyond its title and popularity can only come from the prompt.
+    """
+
+    train_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # training users' training prefixes
+    heldout_dataset: str = "amazon-games"  # a catalogue never trained on
+    heldout_user_share: float = 0.2  # users of the training catalogues kept out of training queries
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    n_tags: int = 512  # identity tags per prompt (≥ the distinct items of the longest prompt)
+    demo_history: int = 3  # items before a demonstration's next item
+    query_len: int = 10  # items of the query history
+    train_ks: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64)  # demonstrations per training prompt
+    kind_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)  # transition, random, corrupted demonstrations
+    n_negatives: int = 19  # uniform unseen negatives per training query (as in evaluation)
+    steps: int = 1500
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    threads: int = 2
+    eval_ks: tuple[int, ...] = (0, 1, 4, 16, 64)
+    n_users: int | None = 200  # evaluated users per dataset
+
+    def validate(self) -> ReaderSizes:
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ConfigError(
+                f"reader.heads={self.heads} must divide hidden={self.hidden} into an even head dimension"
+            )
+        p = np.asarray(self.kind_probs, dtype=float)
+        if p.shape != (3,) or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-9):
+            raise ConfigError(
+                f"reader.kind_probs={self.kind_probs} must be 3 non-negative numbers summing to 1"
+            )
+        if not 0 <= self.heldout_user_share < 1:
+            raise ConfigError(f"reader.heldout_user_share must lie in [0, 1), got {self.heldout_user_share}")
+        longest = max(self.train_ks + self.eval_ks) * (self.demo_history + 1) + self.query_len
+        if self.n_tags < longest + self.n_negatives + 1:
+            raise ConfigError(
+                f"reader.n_tags={self.n_tags} is fewer than the distinct items of the longest prompt "
+                f"({longest + self.n_negatives + 1}); raise n_tags or lower the largest k"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ItemIdSizes:
+    """Chapter 2b: the item-id sequential recommender (SASRec-style causal transformer), k = 0."""
+
+    datasets: tuple[str, ...] = ("ml-100k", "amazon-games")
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    epochs: int = 20
+    batch: int = 128
+    lr: float = 1e-3
+    threads: int = 2
+
+    def validate(self) -> ItemIdSizes:
+        if self.hidden % self.heads:
+            raise ConfigError(f"itemid.heads={self.heads} must divide hidden={self.hidden}")
+        if min(self.layers, self.max_len, self.epochs, self.batch) < 1:
+            raise ConfigError("itemid layers, max_len, epochs and batch must be ≥ 1")
+        return self
+
+
+SECTIONS = ("equivalence", "regression", "world", "decoder", "eval", "effect", "ceiling", "reader", "itemid")
 
 
 @dataclass(frozen=True)
@@ -244,6 +347,9 @@ class Profile:
     decoder: DecoderSizes = DecoderSizes()
     eval: EvalSizes = EvalSizes()
     effect: EffectSizes = EffectSizes()
+    ceiling: CeilingSizes = CeilingSizes()
+    reader: ReaderSizes = ReaderSizes()
+    itemid: ItemIdSizes = ItemIdSizes()
 
     def section(self, name: str, **overrides):
         """Section ``name`` with ``overrides`` applied and validated (a :class:`ConfigError` names an
@@ -272,6 +378,10 @@ _PROFILES = {
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
                        curve_users=500, bias_users=200, generate_users=50),
         effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
+        ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=1000, n_valid_users=500),
+        reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
+                           steps=12000, batch=64, n_users=1000),
+        itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
     ),
     "gpu": Profile(
         "gpu",
@@ -285,6 +395,11 @@ _PROFILES = {
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
                        curve_ks=(0, 1, 2, 4, 8), curve_users=5000, bias_users=2000, generate_users=500),
         effect=EffectSizes(n_demos=50, n_users=50, testbed_queries=2000, testbed_pool=64, select_pool=300),
+        ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=None, n_valid_users=1000),
+        reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
+                           hidden=256, layers=4, heads=8, intermediate=768, steps=50000, batch=128,
+                           n_users=None),
+        itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
     ),
 }  # fmt: skip
 

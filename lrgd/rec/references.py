@@ -77,7 +77,9 @@ class References:
 
 # ----------------------------------------------------------------------------- the rankers
 # Each: ``score(stats, user, history, candidates) -> [N]`` (higher = better); ``history`` is item ids,
-# oldest first. Parameters are dataclass fields (they enter the cache key).
+# oldest first. Parameters are dataclass fields (they enter the cache key). A ranker that needs the
+# runner (a selector's demonstrations, a trained model) defines ``score_with(runner, cfg, user, history,
+# candidates)`` instead; the runner calls that when it exists.
 
 
 @register_reference("ref-random")

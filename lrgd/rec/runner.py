@@ -470,7 +470,11 @@ class Runner:
             st = self.data(cfg.dataset)
             if st.references is None:
                 st.references = References(st.ds, st.split, cfg.seed)
-            s = self.method(cfg).score(st.references, user, hist, cand)
+            method = self.method(cfg)
+            if hasattr(method, "score_with"):  # a reference that reads demonstrations (e.g. ref-vote)
+                s = method.score_with(self, cfg, user, hist, cand)
+            else:
+                s = method.score(st.references, user, hist, cand)
             rank = {"score": target_rank(s, cand, target, user, cfg.seed)}
             return {"user": user, "target": target, "candidates": cand, "rank": rank,
                     "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
