@@ -9,6 +9,12 @@ All statistics come from the leave-one-out ``train`` sequences (no valid or test
                     (IDF over all titled items; k1 = 1.2, b = 0.75)
 ``ref-markov``      first-order Markov: how often the user's last item was followed by the candidate
                     in training sequences; ties (often all zeros) broken by popularity
+``ref-vote``        the information ceiling of demonstrations (chapter 2b): the ``vote_k``
+                    demonstrations of selector ``vote_selector`` each vote for their next item; votes
+                    ranked, popularity breaking ties as in ``ref-markov``. With ``vote_selector="recent"``
+                    the demonstrations are item-to-item transitions: other users' windows ending at the
+                    query's most recent item, then at earlier items, random fill counted (the issue's
+                    "transition" selector)
 ==================  ===============================================================================
 
 Each ranker is one class registered by name (:func:`register_reference`), with its parameters as
@@ -22,7 +28,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import field, replace
 from functools import cached_property
 from itertools import pairwise
 
@@ -139,3 +145,107 @@ class MarkovReference:
         row = stats.transitions.get(history[-1], Counter()) if history else Counter()
         top = max(stats.popularity.values(), default=0) + 1
         return np.array([row[c] + stats.popularity[c] / top for c in candidates], dtype=float)
+
+
+@register_reference("ref-vote")
+class VoteReference:
+    """What ``vote_k`` demonstrations can tell without any model: each demonstration of ``vote_selector``
+    votes for its next item, score = votes + popularity / (max popularity + 1).
+
+    The demonstrations come from the selector through the runner's selection protocol
+    (:meth:`lrgd.rec.runner.Runner.select`), on the condition's dataset, split, history length and seed;
+    a demonstration's next item is ``split.train[pool user][cut]`` of its source.
+
+    ``vote_guard`` chooses the guard. ``False`` (the ceiling): only the user's own sequence is refused;
+    other users' training transitions into the user's target are collaborative evidence, as in
+    ``ref-markov``. ``True``: chapter 2's leakage guard (:class:`lrgd.rec.select.DemoPool`), the
+    demonstrations an LLM prompt gets; it refuses every demonstration that shows the user's valid or test
+    item, so the target never gets a vote and this ranking is never above popularity, user by user
+    (and on the test split ``recent`` skips the anchor on the last history item, the valid item).
+    """
+
+    vote_selector: str = field(
+        default="recent", metadata={"help": "the demonstration selector whose demonstrations vote"}
+    )
+    vote_k: int = field(default=16, metadata={"help": "how many demonstrations vote"})
+    vote_guard: bool = field(
+        default=False,
+        metadata={"help": "chapter 2's guard (refuse demonstrations showing held-out items)"},
+    )
+
+    def validate(self) -> None:
+        from lrgd.rec.select import SELECTORS
+
+        choices = [n for n in SELECTORS if getattr(SELECTORS.get(n), "demonstrations", True)]
+        if self.vote_selector not in choices:
+            what = "takes no demonstrations" if self.vote_selector in SELECTORS else "is not a selector"
+            raise ConfigError(
+                f"--vote-selector {self.vote_selector!r} {what}; choose one of {', '.join(choices)}"
+            )
+        if self.vote_k < 1:
+            raise ConfigError(f"--vote-k must be ≥ 1 (demonstrations that vote), got {self.vote_k}")
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        """Modules beyond this one whose source enters the cache key: the selectors, the guard, and the
+        voting selector's own module and ``code``."""
+        from lrgd.rec.select import SELECTORS
+
+        cls = SELECTORS.get(self.vote_selector)
+        return ("lrgd.rec.select", "lrgd.rec.leakage", cls.__module__, *getattr(cls, "code", ()))
+
+    def selector_config(self, cfg):
+        """``cfg`` with the voting selector as its method and ``vote_k`` as its k (selector defaults)."""
+        return replace(cfg, method=self.vote_selector, k=self.vote_k, params=()).validate()
+
+    def next_items(self, runner, cfg, user: str, history: Sequence[str]) -> tuple[tuple[str, ...], int]:
+        """(next item of each demonstration [≤ vote_k], demonstrations filled in at random) for ``user``;
+        computed once per process (:meth:`Runner.memo`)."""
+        sel_cfg = self.selector_config(cfg)
+        key = ("vote-next", sel_cfg, self.vote_guard, user, tuple(history))
+
+        def make() -> tuple[tuple[str, ...], int]:
+            # an open view runs the same protocol (Runner.select) with a pool that refuses only the user
+            view = runner if self.vote_guard else OpenView(runner)
+            sel = type(runner).select(view, sel_cfg, user, history)
+            train = runner.data(cfg.dataset).split.train
+            return tuple(train[src][cut] for src, cut in sel.sources), sel.fallback
+
+        return runner.memo(key, make)
+
+    def score_with(self, runner, cfg, user: str, history: Sequence[str], candidates: Sequence[str]):
+        """Votes + popularity / (max popularity + 1) of each candidate [N]."""
+        votes = Counter(self.next_items(runner, cfg, user, history)[0])
+        st = runner.data(cfg.dataset)
+        stats = st.references or References(st.ds, st.split, cfg.seed)
+        top = max(stats.popularity.values(), default=0) + 1
+        return np.array([votes[c] + stats.popularity[c] / top for c in candidates], dtype=float)
+
+
+class OpenView:
+    """The runner as a selector sees it, except that ``pool(cfg)`` is an :func:`open_pool`: its guard
+    refuses only the evaluated user's own sequence (``ref-vote`` with ``vote_guard=False``)."""
+
+    def __init__(self, runner) -> None:
+        self._runner = runner
+
+    def __getattr__(self, name: str):
+        return getattr(self._runner, name)
+
+    def pool(self, cfg):
+        st = self._runner.data(cfg.dataset)
+        key = ("open-pool", cfg.dataset, cfg.history_len, cfg.seed)
+        return self._runner.memo(key, lambda: open_pool(st.ds, st.split, cfg.history_len, cfg.seed))
+
+
+def open_pool(ds, split, history_len: int = 10, seed: int = 0):
+    """A :class:`lrgd.rec.select.DemoPool` whose guard holds nothing out: a demonstration is refused only
+    when it is the evaluated user's own sequence."""
+    from lrgd.rec.leakage import HeldOut
+    from lrgd.rec.select import DemoPool
+
+    class OpenPool(DemoPool):
+        def held_out(self, user: str) -> HeldOut:
+            return HeldOut()
+
+    return OpenPool(ds, split, history_len, seed)
