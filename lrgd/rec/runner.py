@@ -61,8 +61,15 @@ LLM_CODE = (
 )
 #: modules whose source enters the key of every reference record (plus the ranker's module)
 REFERENCE_CODE = ("lrgd.rec.runner", "lrgd.rec.rank", "lrgd.rec.data", "lrgd.rec.references")
+#: trained models (``--model trained:<name>``) → the module that trains and scores them
+TRAINED = {"trained:reader": "lrgd.models.reader"}
 #: modules whose source enters the key of the saved candidate lists
 CANDIDATE_CODE = ("lrgd.rec.data",)
+
+
+def is_trained(model: str) -> bool:
+    """Is ``model`` one of this library's trained models (``trained:<name>``) rather than an LLM?"""
+    return model.startswith("trained:")
 
 
 @dataclass
@@ -144,7 +151,9 @@ class Runner:
         return self._data[name]
 
     def lm(self, name: str):
-        """The model ``name`` (:func:`lrgd.llm.load_model`), loaded once."""
+        """The model ``name`` (:func:`lrgd.llm.load_model`, or :meth:`trained`), loaded once."""
+        if is_trained(name):
+            return self.trained(name)
         if name not in self._models:
             import importlib
 
@@ -155,10 +164,44 @@ class Runner:
             self._models[name] = load_model(name, self.device)
         return self._models[name]
 
+    # --------------------------------------------------------------------------- trained models
+
+    def catalogue(self, name: str):
+        """Dataset ``name`` as the trained reader sees it (:class:`lrgd.models.reader.Catalogue`)."""
+        from lrgd.models.reader import build_catalogue
+
+        st = self.data(name)
+        return self.memo(
+            ("catalogue", name, st.fingerprint),
+            lambda: build_catalogue(st.ds, st.split, st.fingerprint, self.embedder()),
+        )
+
+    def reader_data(self) -> dict[str, str]:
+        """The reader's training datasets → their fingerprints (what its weights depend on)."""
+        return {d: self.data(d).fingerprint for d in self.profile.reader.train_datasets}
+
+    def trained(self, name: str):
+        """The trained model ``name`` (``trained:reader``), read from its cache or trained (resuming)."""
+        if name not in TRAINED:
+            raise ConfigError(f"unknown trained model {name!r}; choose one of {', '.join(TRAINED)}")
+        if name not in self._models:
+            from lrgd.models.reader import load_or_train
+
+            cats = [self.catalogue(d) for d in self.profile.reader.train_datasets]
+            self._models[name] = load_or_train(cats, self.profile.reader, self.embedder().fingerprint)
+        return self._models[name]
+
     def model_source(self, name: str) -> tuple[str, str]:
         """(source file, sha256) of a model without loading it: a converted folder records its GGUF's
-        hash; a plain HF folder hashes its config and weight files (once per process)."""
+        hash; a plain HF folder hashes its config and weight files (once per process); a trained model
+        gives its weight file and configuration key."""
         from lrgd.llm import model_folder
+
+        if is_trained(name):
+            from lrgd.models.reader import weights_path
+
+            path = weights_path(self.profile.reader, self.reader_data(), self.embedder().fingerprint)
+            return path.name, path.stem
 
         folder = model_folder(name)
         src = folder / "lrgd_source.json"
@@ -292,6 +335,8 @@ class Runner:
         """The modules whose source computes ``cfg``'s records."""
         method = self.method(cfg)
         base = LLM_CODE if cfg.llm else REFERENCE_CODE
+        if cfg.llm and is_trained(cfg.model):
+            base = (*base, TRAINED.get(cfg.model, "lrgd.models.reader"))
         return tuple(dict.fromkeys((*base, type(method).__module__, *getattr(method, "code", ()))))
 
     def key(self, cfg: EvalConfig) -> str:
@@ -306,7 +351,7 @@ class Runner:
     def paths(self, cfg: EvalConfig, key: str | None = None) -> tuple[Path, Path]:
         """(per-user record file, summary file) of ``cfg``; both names carry :meth:`key`."""
         key = key or self.key(cfg)
-        model = Path(cfg.model).name if cfg.llm else "ref"
+        model = Path(cfg.model).name.replace(":", "-") if cfg.llm else "ref"
         partial = self.root / "partial" / cfg.dataset / f"{cfg.name}-{model}-{key}.jsonl"
         users = "all" if cfg.n_users is None else f"n{cfg.n_users}"
         final = self.root / "eval" / cfg.dataset / f"{cfg.name}-{model}-{users}-{key}.json"
@@ -324,7 +369,9 @@ class Runner:
             variants = ("score",)
         else:
             fields.update(prompt_tokens=int, truncation=list, demo_sources=list, guarded=int, fallback=int)
-            if cfg.mode == "generate":
+            if is_trained(cfg.model):
+                variants = ("score",)
+            elif cfg.mode == "generate":
                 variants = ("generated",)
                 fields.update(text=str, n_matched=int, parse_failed=bool)
             else:
@@ -478,6 +525,8 @@ class Runner:
             rank = {"score": target_rank(s, cand, target, user, cfg.seed)}
             return {"user": user, "target": target, "candidates": cand, "rank": rank,
                     "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
+        if is_trained(cfg.model):
+            return self.evaluate_trained(cfg, user, candidates, t0)
         up = self.user_prompt(cfg, user, candidates)
         cand = list(up.candidates)
         sel, trunc = up.selection, up.truncation
@@ -511,6 +560,32 @@ class Runner:
         rec["summed"] = [round(float(x), 5) for x in s.summed]
         rec["null"] = [round(float(x), 5) for x in null]
         return rec
+
+    def demo_ids(self, cfg: EvalConfig, sel: Selection) -> list[tuple[list[str], str]]:
+        """The chosen demonstrations as item ids: (history ids, next id), read from their sources."""
+        pool = self.pool(cfg)
+        return [(list(ids[:-1]), ids[-1]) for ids in (pool.make(*src)[1] for src in sel.sources)]
+
+    def evaluate_trained(self, cfg: EvalConfig, user: str, candidates: Sequence[str], t0: float) -> dict:
+        """One user's record for a trained model: the selector's demonstrations (as ids), one forward pass."""
+        from lrgd.models.reader import score
+        from lrgd.rec.rank import target_rank
+
+        hist, target = self.target(cfg, user)
+        cand = self.ordered(cfg, user, candidates)
+        sel = self.select(cfg, user, hist)
+        sizes = self.profile.reader
+        seed = zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
+        s = score(self.trained(cfg.model).model, self.catalogue(cfg.dataset), self.demo_ids(cfg, sel), hist,
+                  cand, sizes, seed)  # fmt: skip
+        m, L = sizes.demo_history, sizes.query_len
+        return {"user": user, "target": target, "candidates": cand,
+                "rank": {"score": target_rank(s, cand, target, user, cfg.seed)},
+                "prompt_tokens": 2 + len(sel.demos) * (m + 1) + L,
+                "truncation": [max(0, len(hist) - L), 0],
+                "demo_sources": [list(x) for x in sel.sources], "guarded": sel.guarded,
+                "fallback": sel.fallback, **sel.extra,
+                "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
 
     # --------------------------------------------------------------------------- the LLM steps
 
