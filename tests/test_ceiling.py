@@ -26,7 +26,7 @@ from lrgd.rec.ceiling import (
 )
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import Dataset, make_item, make_synthetic, write_synthetic
-from lrgd.rec.references import OpenView
+from lrgd.rec.references import VoteView
 from lrgd.rec.runner import Runner
 
 matplotlib.use("Agg")
@@ -112,7 +112,7 @@ def test_guarded_vote_never_votes_the_target_by_hand(hand: Runner) -> None:
 def test_the_open_vote_still_refuses_the_users_own_sequence(hand: Runner) -> None:
     cfg = EvalConfig("amazon-games", "recent", 6)
     hist, _ = hand.target(cfg, "q")
-    sel = type(hand).select(OpenView(hand), cfg, "q", hist)
+    sel = type(hand).select(VoteView(hand, open=True), cfg, "q", hist)
     # anchor 1 offers only q's own 1→2: refused, so the sixth demonstration is random fill
     assert len(sel.sources) == 6 and "q" not in {src for src, _ in sel.sources} and sel.fallback == 1
 
@@ -134,6 +134,18 @@ def test_guarded_votes_never_reach_the_target_nor_beat_popularity(synthetic: Run
     assert sum(demo_hits(synthetic, cfg)["hits"]) == 0
     # the target gets no vote, so every voted candidate passes it: rank ≥ popularity's, user by user
     assert all(v >= p for v, p in zip(vote["ranks"]["score"], pop["ranks"]["score"]))
+
+
+@pytest.mark.parametrize("selector", ["random", "recent", "similarity", "popular"])
+def test_guarded_vote_uses_the_llm_prompts_demonstrations(synthetic: Runner, selector: str) -> None:
+    cfg = vote_config("amazon-games", selector, 3, n_users=8, guard=True)
+    vote = synthetic.method(cfg)
+    train = synthetic.data("amazon-games").split.train
+    for user in synthetic.users(cfg):
+        hist, _ = synthetic.target(cfg, user)
+        llm = synthetic.select(EvalConfig("amazon-games", selector, 3), user, hist)  # what a prompt shows
+        nxt, fill = vote.next_items(synthetic, cfg, user, hist)
+        assert nxt == tuple(train[s][c] for s, c in llm.sources) and fill == llm.fallback
 
 
 @pytest.mark.parametrize(

@@ -205,9 +205,8 @@ class VoteReference:
         key = ("vote-next", sel_cfg, self.vote_guard, user, tuple(history))
 
         def make() -> tuple[tuple[str, ...], int]:
-            # an open view runs the same protocol (Runner.select) with a pool that refuses only the user
-            view = runner if self.vote_guard else OpenView(runner)
-            sel = type(runner).select(view, sel_cfg, user, history)
+            # the runner's selection protocol (Runner.select), run on a view of the runner
+            sel = type(runner).select(VoteView(runner, open=not self.vote_guard), sel_cfg, user, history)
             train = runner.data(cfg.dataset).split.train
             return tuple(train[src][cut] for src, cut in sel.sources), sel.fallback
 
@@ -222,20 +221,45 @@ class VoteReference:
         return np.array([votes[c] + stats.popularity[c] / top for c in candidates], dtype=float)
 
 
-class OpenView:
-    """The runner as a selector sees it, except that ``pool(cfg)`` is an :func:`open_pool`: its guard
-    refuses only the evaluated user's own sequence (``ref-vote`` with ``vote_guard=False``)."""
+class VoteView:
+    """The runner as ``ref-vote``'s selector sees it: the runner itself, except that
 
-    def __init__(self, runner) -> None:
-        self._runner = runner
+    * with ``open``, ``pool(cfg)`` is an :func:`open_pool` (its guard refuses only the evaluated user's
+      own sequence: ``vote_guard=False``);
+    * ``embedder()`` remembers the embedding of every text it encoded in this process, so the similarity
+      selector embeds a user's history once for all the k and both guards of a grid, not once per
+      condition (the embeddings are deterministic: the demonstrations do not change).
+    """
+
+    def __init__(self, runner, open: bool = True) -> None:
+        self._runner, self._open = runner, open
 
     def __getattr__(self, name: str):
         return getattr(self._runner, name)
 
     def pool(self, cfg):
+        if not self._open:
+            return self._runner.pool(cfg)
         st = self._runner.data(cfg.dataset)
         key = ("open-pool", cfg.dataset, cfg.history_len, cfg.seed)
         return self._runner.memo(key, lambda: open_pool(st.ds, st.split, cfg.history_len, cfg.seed))
+
+    def embedder(self):
+        runner = self._runner
+        return runner.memo(("vote-embedder", id(runner.embedder())), lambda: _Remembered(runner.embedder()))
+
+
+class _Remembered:
+    """An embedder whose ``encode`` keeps each text's embedding in memory (row by row)."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder, self.rows = embedder, {}
+
+    def encode(self, texts, cache: bool = True) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if missing:
+            self.rows.update(zip(missing, self.embedder.encode(missing, cache=cache)))
+        return np.stack([self.rows[t] for t in texts])
 
 
 def open_pool(ds, split, history_len: int = 10, seed: int = 0):
