@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--users", type=int, default=None, help="users to evaluate (default: the profile's)")
     e.add_argument("--all-users", action="store_true", help="every eligible user")
     e.add_argument("--profile", default=None, help=f"one of: {', '.join(PROFILES)} (default ci)")
-    e.add_argument("--model", default="smollm2-135m", help="smollm2-135m | gemma3-270m | a local HF folder")
+    e.add_argument(
+        "--model", default="smollm2-135m",
+        help="smollm2-135m | gemma3-270m | a local HF folder | trained:reader | trained:reader-anon",
+    )  # fmt: skip
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     e.add_argument("--split", default="test", help=f"one of: {', '.join(SPLITS)}")
     e.add_argument("--seed", type=int, default=0, help="≥ 0")
@@ -56,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--list-candidates", action="store_true", help="also list the candidates in the prompt")
     e.add_argument("--order", default="sampled", help=f"candidate order: {', '.join(ORDERS)}")
     e.add_argument("--mode", default="score", help=f"{' | '.join(MODES)}")
+    e.add_argument(
+        "--guard", default="held-out",
+        help="what demonstrations may not show: held-out (the user's valid/test items too) | own",
+    )  # fmt: skip
     e.add_argument(
         "--max-prompt-tokens", type=int, default=None, help="context budget ≥ 1 (default: model's)"
     )
@@ -118,6 +125,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         list_candidates=a.list_candidates,
         order=a.order,
         mode=a.mode,
+        guard=a.guard,
         max_prompt_tokens=a.max_prompt_tokens,
         max_new_tokens=a.max_new_tokens,
         params=params,

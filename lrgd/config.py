@@ -266,6 +266,7 @@ class ReaderSizes:
     beyond its title and popularity can only come from the prompt.
     """
 
+    titles: bool = True  # False: items carry only popularity and their per-prompt tag (fully anonymous)
     train_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # training users' training prefixes
     heldout_dataset: str = "amazon-games"  # a catalogue never trained on
     heldout_user_share: float = 0.2  # users of the training catalogues kept out of training queries

@@ -243,3 +243,22 @@ def test_minilm_embeddings() -> None:
     assert x.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     assert x[0] @ x[1] > x[0] @ x[2] + 0.2
+
+
+def test_guard_own_refuses_only_the_users_own_sequence() -> None:
+    """With ``guard="own"`` the demonstrations that show u's test item (id or title twin) are allowed:
+    other users' training transitions into the target are evidence; u's own sequence is still refused."""
+    ds = twin_dataset()
+    split = leave_one_out(ds)
+    held = DemoPool(ds, split, guard="held-out")
+    own = DemoPool(ds, split, guard="own")
+    for user in split.train:
+        stream = [own.final(u) for u in sorted(split.train)]
+        refused_held = set(split.train) - {s for s, _ in held.take(user, 7, iter(stream)).sources}
+        refused_own = set(split.train) - {s for s, _ in own.take(user, 9, iter(stream)).sources}
+        assert refused_held == leaky_by_hand(user)
+        assert refused_own == {user}
+    with pytest.raises(ConfigError, match="guard"):
+        DemoPool(ds, split, guard="none")
+    with pytest.raises(ConfigError, match="guard"):
+        EvalConfig("amazon-games", "random", k=2, guard="open").validate()

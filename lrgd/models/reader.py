@@ -6,8 +6,9 @@ item token carries only what a new catalogue would also offer:
 
     x(item) = W_t · title(item) + W_p · [popularity percentile, log-popularity] + tag(item)
 
-``title`` is the frozen all-MiniLM-L6-v2 vector of the title, the popularity features come from the
-training split, and ``tag`` is an identity embedding whose *slot is drawn afresh for every prompt*
+``title`` is the frozen all-MiniLM-L6-v2 vector of the title (dropped with ``sizes.titles = False``: the
+*anonymous* reader, whose items carry nothing but popularity and a tag), the popularity features come
+from the training split, and ``tag`` is an identity embedding whose *slot is drawn afresh for every prompt*
 (:func:`assign_slots`): inside one prompt the same item always carries the same tag, across prompts the
 tag means nothing. Whether a candidate appeared as some demonstration's next item is therefore visible
 only through the prompt, and the model must read its demonstrations to use it.
@@ -199,7 +200,7 @@ class Reader(nn.Module):
         from transformers import LlamaConfig, LlamaModel
 
         d = sizes.hidden
-        self.title = nn.Linear(title_dim, d, bias=False)
+        self.title = nn.Linear(title_dim, d, bias=False) if sizes.titles else None
         self.pop = nn.Linear(N_FEATS, d)
         self.tag = nn.Embedding(sizes.n_tags, d)
         self.role = nn.Embedding(len(ROLES), d)
@@ -219,9 +220,9 @@ class Reader(nn.Module):
         """x(item) for indices ``item`` [...] (−1 → zeros) with tags ``slot`` [...] → [..., d]."""
         ok = item >= 0
         idx = item.clamp_min(0)
-        title = torch.from_numpy(cat.title)[idx]
-        feats = torch.from_numpy(cat.feats)[idx]
-        x = self.title(title) + self.pop(feats) + self.tag(slot)
+        x = self.pop(torch.from_numpy(cat.feats)[idx]) + self.tag(slot)
+        if self.title is not None:
+            x = x + self.title(torch.from_numpy(cat.title)[idx])
         return x * ok[..., None]
 
     def embed(self, cat: Catalogue, b: Batch) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from lrgd.errors import ConfigError
 from lrgd.rec.data import DATASETS
 from lrgd.rec.references import REFERENCES
-from lrgd.rec.select import SELECTORS
+from lrgd.rec.select import GUARDS, SELECTORS
 
 SPLITS = ("test", "valid")
 ORDERS = ("sampled", "reversed", "shuffled")
@@ -51,6 +51,7 @@ class EvalConfig:
     mode: str = "score"  # score: log-likelihood of each title; generate: the model writes a ranked list
     max_prompt_tokens: int | None = None  # None: the model's context window
     max_new_tokens: int = 96  # generate mode
+    guard: str = "held-out"  # what demonstrations may not show (lrgd.rec.select.GUARDS)
     params: Mapping[str, object] = ()  # the method's parameters (stored as sorted (name, value) pairs)
 
     def __post_init__(self) -> None:
@@ -106,6 +107,7 @@ class EvalConfig:
             ("split", self.split, SPLITS),
             ("order", self.order, ORDERS),
             ("mode", self.mode, MODES),
+            ("guard", self.guard, GUARDS),
         ):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

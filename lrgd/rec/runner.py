@@ -62,7 +62,7 @@ LLM_CODE = (
 #: modules whose source enters the key of every reference record (plus the ranker's module)
 REFERENCE_CODE = ("lrgd.rec.runner", "lrgd.rec.rank", "lrgd.rec.data", "lrgd.rec.references")
 #: trained models (``--model trained:<name>``) → the module that trains and scores them
-TRAINED = {"trained:reader": "lrgd.models.reader"}
+TRAINED = {"trained:reader": "lrgd.models.reader", "trained:reader-anon": "lrgd.models.reader"}
 #: modules whose source enters the key of the saved candidate lists
 CANDIDATE_CODE = ("lrgd.rec.data",)
 
@@ -176,6 +176,16 @@ class Runner:
             lambda: build_catalogue(st.ds, st.split, st.fingerprint, self.embedder()),
         )
 
+    def reader_sizes(self, name: str):
+        """The reader's sizes: the profile's, with titles dropped for ``trained:reader-anon``."""
+        from dataclasses import replace
+
+        return (
+            replace(self.profile.reader, titles=False)
+            if name == "trained:reader-anon"
+            else self.profile.reader
+        )
+
     def reader_data(self) -> dict[str, str]:
         """The reader's training datasets → their fingerprints (what its weights depend on)."""
         return {d: self.data(d).fingerprint for d in self.profile.reader.train_datasets}
@@ -188,7 +198,7 @@ class Runner:
             from lrgd.models.reader import load_or_train
 
             cats = [self.catalogue(d) for d in self.profile.reader.train_datasets]
-            self._models[name] = load_or_train(cats, self.profile.reader, self.embedder().fingerprint)
+            self._models[name] = load_or_train(cats, self.reader_sizes(name), self.embedder().fingerprint)
         return self._models[name]
 
     def model_source(self, name: str) -> tuple[str, str]:
@@ -200,7 +210,7 @@ class Runner:
         if is_trained(name):
             from lrgd.models.reader import weights_path
 
-            path = weights_path(self.profile.reader, self.reader_data(), self.embedder().fingerprint)
+            path = weights_path(self.reader_sizes(name), self.reader_data(), self.embedder().fingerprint)
             return path.name, path.stem
 
         folder = model_folder(name)
@@ -236,13 +246,13 @@ class Runner:
         return self._memo[key]
 
     def pool(self, cfg: EvalConfig):
-        """The demonstration pool of ``cfg``'s dataset, history length and seed."""
+        """The demonstration pool of ``cfg``'s dataset, history length, seed and guard."""
         from lrgd.rec.select import DemoPool
 
         st = self.data(cfg.dataset)
         return self.memo(
-            ("pool", cfg.dataset, cfg.history_len, cfg.seed),
-            lambda: DemoPool(st.ds, st.split, cfg.history_len, cfg.seed),
+            ("pool", cfg.dataset, cfg.history_len, cfg.seed, cfg.guard),
+            lambda: DemoPool(st.ds, st.split, cfg.history_len, cfg.seed, cfg.guard),
         )
 
     def method(self, cfg: EvalConfig):
@@ -574,7 +584,7 @@ class Runner:
         hist, target = self.target(cfg, user)
         cand = self.ordered(cfg, user, candidates)
         sel = self.select(cfg, user, hist)
-        sizes = self.profile.reader
+        sizes = self.reader_sizes(cfg.model)
         seed = zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
         s = score(self.trained(cfg.model).model, self.catalogue(cfg.dataset), self.demo_ids(cfg, sel), hist,
                   cand, sizes, seed)  # fmt: skip

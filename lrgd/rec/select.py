@@ -4,8 +4,9 @@ A demonstration is built from another user's **training** sequence (leave-one-ou
 their valid and test items) and cut at some position: the titled items before the cut (the last ``h``)
 are its history, the item at the cut is its next item. :class:`DemoPool` holds these and the one
 leakage guard (:mod:`lrgd.rec.leakage`): a demonstration is refused when it comes from the evaluated
-user or shows one of their held-out items (valid or test target) by id **or by title**. Refusals are
-counted.
+user or (``guard="held-out"``, chapter 2's default) shows one of their held-out items (valid or test
+target) by id **or by title**; ``guard="own"`` refuses only the user's own sequence (:data:`GUARDS`).
+Refusals are counted.
 
 A selector is one class registered by name (:func:`register_selector`); its parameters are its
 dataclass fields, which enter the cache key of every result it produces. The runner calls
@@ -42,6 +43,12 @@ from lrgd.errors import ConfigError, DataError
 from lrgd.rec.leakage import HeldOut, held_out, leaks
 from lrgd.rec.prompts import Demonstration
 from lrgd.rec.registry import Registry
+
+#: what a demonstration may not show. ``held-out`` (chapter 2): the evaluated user's own sequence and any
+#: demonstration showing their valid or test item (id or title) — which also refuses every other user's
+#: transition *into* the target, so demonstrations can never point at it. ``own``: only the user's own
+#: sequence; other users' training transitions are collaborative evidence, as in ``ref-markov``.
+GUARDS = ("held-out", "own")
 
 #: demonstration selectors by name; the Effect_D ones register from :mod:`lrgd.demos.effect_select`
 SELECTORS = Registry("demonstration selector", plugins=("lrgd.demos.effect_select",))
@@ -94,8 +101,10 @@ class DemoPool:
     skipping what the guard refuses, until it has ``k``.
     """
 
-    def __init__(self, ds, split, history_len: int = 10, seed: int = 0) -> None:
-        self.ds, self.split, self.h, self.seed = ds, split, history_len, seed
+    def __init__(self, ds, split, history_len: int = 10, seed: int = 0, guard: str = "held-out") -> None:
+        if guard not in GUARDS:
+            raise ConfigError(f"unknown guard {guard!r}; choose one of {', '.join(GUARDS)}")
+        self.ds, self.split, self.h, self.seed, self.guard = ds, split, history_len, seed, guard
         # users whose final training transition makes a demonstration
         self.users = sorted(u for u in split.train if self.make(u, len(split.train[u]) - 1) is not None)
 
@@ -117,8 +126,9 @@ class DemoPool:
         return demo, (*hist, nxt)
 
     def held_out(self, user: str) -> HeldOut:
-        """The evaluated user's future: valid and test targets (both, whichever split is evaluated)."""
-        return held_out(self.ds, self.split, user)
+        """What the guard refuses to show besides the user's own sequence: with ``guard="held-out"`` the
+        user's valid and test targets (both, whichever split is evaluated), with ``guard="own"`` nothing."""
+        return held_out(self.ds, self.split, user) if self.guard == "held-out" else HeldOut()
 
     def allowed(self, user: str, src: str, shown: Sequence[str], held: HeldOut) -> bool:
         """The leakage guard: not the user's own sequence, and no held-out item shown (id or title)."""
