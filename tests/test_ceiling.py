@@ -202,8 +202,9 @@ def test_ceiling_grid_columns_identity_and_cache(synthetic: Runner) -> None:
     pd.testing.assert_frame_equal(df, again)
     pivot = ceiling_pivot(df)
     assert pivot.shape == (1, 1 + 1 + 4 * 2)
-    fig = ceiling_figure(df)
-    assert len(fig.axes) == 1 and len(fig.axes[0].lines) >= 2
+    for paired in (False, True):
+        fig = ceiling_figure(df, paired=paired)
+        assert len(fig.axes) == 1 and len(fig.axes[0].get_legend().get_texts()) == 2 + 4
 
 
 # ----------------------------------------------------------------------------- the LLM's share

@@ -165,27 +165,31 @@ def ceiling_pivot(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def ceiling_figure(df: pd.DataFrame, metric: str = "NDCG@10"):
-    """``metric`` against k for each selector's vote, one panel per dataset; popularity and Markov as
-    horizontal lines with their 95% bands. Returns the matplotlib Figure."""
+def ceiling_figure(df: pd.DataFrame, metric: str = "NDCG@10", paired: bool = False):
+    """``metric`` against k for each selector's vote (95% CIs), one panel per dataset; popularity and
+    Markov as horizontal lines with their 95% bands. ``paired``: ΔNDCG@10 vs popularity on the same
+    users instead (popularity is then 0 by identity, and the bands are the paired CIs, which are
+    much narrower than the marginal ones). Returns the matplotlib Figure."""
     import matplotlib.pyplot as plt
 
+    y, lo, hi = ("ΔNDCG@10", "Δ lo", "Δ hi") if paired else (metric, f"{metric} lo", f"{metric} hi")
     datasets = list(dict.fromkeys(df["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.4), squeeze=False)
     for ax, name in zip(axes[0], datasets):
         d = df[df["dataset"] == name]
         for j, (ref, style) in enumerate((("popularity", ":"), ("markov", "--"))):
             r = d[d["method"] == ref].iloc[0]
-            ax.axhline(r[metric], color="k", ls=style, lw=0.9, label=ref)
-            ax.axhspan(r[f"{metric} lo"], r[f"{metric} hi"], color="k", alpha=0.08 + 0.04 * j, lw=0)
-        for sel, v in d[d["method"] == "vote"].groupby("selector", sort=False):
+            ax.axhline(r[y], color="k", ls=style, lw=0.9, label=ref)
+            ax.axhspan(r[lo], r[hi], color="k", alpha=0.08 + 0.04 * j, lw=0)
+        votes = d[d["method"] == "vote"].groupby("selector", sort=False)
+        for j, (sel, v) in enumerate(votes):
             v = v.sort_values("k")
+            x = v["k"] * 2 ** (0.12 * (j - (len(votes) - 1) / 2))  # side by side at each k
             ax.errorbar(
-                v["k"], v[metric], yerr=[v[metric] - v[f"{metric} lo"], v[f"{metric} hi"] - v[metric]],
-                fmt="o-", ms=3, capsize=2, label=f"vote, {sel}",
-            )  # fmt: skip
+                x, v[y], yerr=[v[y] - v[lo], v[hi] - v[y]], fmt="o-", ms=3, capsize=2, label=f"vote, {sel}"
+            )
         ax.set_xscale("log", base=2)
-        ax.set(title=name, xlabel="demonstrations k", ylabel=metric)
+        ax.set(title=name, xlabel="demonstrations k", ylabel=f"{y} vs popularity" if paired else y)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
