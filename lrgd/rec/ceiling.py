@@ -5,7 +5,18 @@ here: each demonstration votes for its next item and the candidates are ranked b
 breaking ties (``ref-vote``, :class:`lrgd.rec.references.VoteReference`). Against popularity
 (what a model knows with no demonstration and no history) and first-order Markov (every training
 user's transitions from the query's last item), the vote says what any model could gain from the
-demonstrations a selector gives it.
+demonstrations a selector gives it — by copying their next items; a model that generalises from
+similar items could gain more.
+
+The selectors are chapter 2's (:mod:`lrgd.rec.select`). Its ``recent`` selector is the issue's
+*transition* selector: other users' training windows ending at the query's most recent item, then at
+earlier items, with random fill counted (``random fill share``).
+
+The ceiling's guard refuses only the user's own sequence (``guard=False``): other users' transitions
+into the user's target are collaborative evidence, as in Markov. Chapter 2's leakage guard
+(``guard=True``, what an LLM prompt gets) refuses every demonstration showing the user's valid or
+test item, so the target never gets a vote and the guarded vote is never above popularity;
+:func:`llm_capture` reports both.
 
 Everything runs through :meth:`lrgd.rec.runner.Runner.run` on chapter 2's protocol (the same users, the
 same saved 20 candidates: the target and 19 uniform unseen items), so results are cached and resumable
