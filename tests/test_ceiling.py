@@ -3,6 +3,7 @@ its two guards, its parameters, and the ceiling table and the LLM's share built 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -200,6 +201,8 @@ def test_ceiling_grid_columns_identity_and_cache(synthetic: Runner) -> None:
     assert row["NDCG@10"] == r["metrics"]["score"]["NDCG@10"]["mean"]
     again = ceiling_grid(synthetic, sizes)  # served from the runner's cache
     pd.testing.assert_frame_equal(df, again)
+    valid = ceiling_grid(synthetic, replace(sizes, ks=(1,), n_valid_users=7), split="valid")
+    assert (valid["n_users"] == 7).all() and len(valid) == 2 + 4
     pivot = ceiling_pivot(df)
     assert pivot.shape == (1, 1 + 1 + 4 * 2)
     for paired in (False, True):

@@ -87,14 +87,17 @@ def demo_hits(runner, cfg: EvalConfig) -> dict[str, list[int]]:
 # ----------------------------------------------------------------------------- the grid
 
 
-def grid_configs(sizes: CeilingSizes, seed: int = 0, guard: bool = False) -> list[EvalConfig]:
-    """Every condition of the ceiling grid: per dataset, the reference rows, then selector × k votes."""
+def grid_configs(
+    sizes: CeilingSizes, seed: int = 0, guard: bool = False, split: str = "test"
+) -> list[EvalConfig]:
+    """Every condition of the ceiling grid: per dataset, the reference rows, then selector × k votes
+    (``sizes.n_users`` test users, or ``sizes.n_valid_users`` on the ``valid`` split)."""
+    n = sizes.n_valid_users if split == "valid" else sizes.n_users
     out = []
     for name in sizes.datasets:
-        out += [EvalConfig(name, m, n_users=sizes.n_users, seed=seed) for m in REFERENCE_ROWS]
-        out += [
-            vote_config(name, sel, k, sizes.n_users, seed, guard) for sel in sizes.selectors for k in sizes.ks
-        ]
+        out += [EvalConfig(name, m, n_users=n, seed=seed, split=split) for m in REFERENCE_ROWS]
+        for sel in sizes.selectors:
+            out += [vote_config(name, sel, k, n, seed, guard, split=split) for k in sizes.ks]
     return out
 
 
@@ -128,12 +131,13 @@ def _row(runner, cfg: EvalConfig, res: dict, pop: dict, seed: int) -> dict:
 
 
 def ceiling_grid(
-    runner, sizes: CeilingSizes | None = None, seed: int = 0, guard: bool = False
+    runner, sizes: CeilingSizes | None = None, seed: int = 0, guard: bool = False, split: str = "test"
 ) -> pd.DataFrame:
     """The ceiling table, one tidy row per (dataset, method, selector, k).
 
     ``sizes``: the profile's ``.ceiling`` section by default (datasets × selectors × ks, ``n_users`` test
-    users). Columns: ``dataset, method`` (popularity | markov | vote), ``selector, k, guard, n_users``;
+    users; ``split="valid"``: ``n_valid_users`` validation users, to choose a selector or k).
+    Columns: ``dataset, method`` (popularity | markov | vote), ``selector, k, guard, n_users``;
     ``NDCG@10`` and ``HR@10`` with their 95% bootstrap CI (``… lo``, ``… hi``); ``ΔNDCG@10`` vs popularity
     on the same users with its CI (``Δ lo``, ``Δ hi``), the permutation ``p`` and ``p (Holm)`` adjusted
     over every row of the table but popularity's own (its Δ is 0 by identity); for vote rows the share of
@@ -142,7 +146,7 @@ def ceiling_grid(
     """
     sizes = (sizes or runner.profile.ceiling).validate()
     rows, pops = [], {}
-    for cfg in progress(grid_configs(sizes, seed, guard), "ceiling grid"):
+    for cfg in progress(grid_configs(sizes, seed, guard, split), f"ceiling grid ({split})"):
         res = runner.run(cfg)
         if cfg.method == "ref-popularity":
             pops[cfg.dataset] = res
