@@ -27,7 +27,6 @@ from lrgd.rec.ceiling import (
 )
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import Dataset, make_item, make_synthetic, write_synthetic
-from lrgd.rec.references import VoteView
 from lrgd.rec.runner import Runner
 
 matplotlib.use("Agg")
@@ -70,7 +69,7 @@ def hand(tmp_path_factory) -> Runner:
     return runner_on(hand_dataset(), tmp_path_factory.mktemp("hand"))
 
 
-def vote_scores(runner: Runner, k: int, guard: bool, candidates: list[str]) -> np.ndarray:
+def vote_scores(runner: Runner, k: int, guard: str, candidates: list[str]) -> np.ndarray:
     cfg = vote_config("amazon-games", "recent", k, n_users=None, guard=guard)
     hist, _ = runner.target(cfg, "q")
     return runner.method(cfg).score_with(runner, cfg, "q", hist, candidates)
@@ -88,7 +87,7 @@ CANDIDATES = ["4", "6", "7", "9", "11", "5"]
 )
 def test_vote_counts_the_transitions_after_the_last_items_by_hand(hand: Runner, k: int, votes: dict) -> None:
     expected = [votes.get(c, 0) + POP.get(c, 0) / 4 for c in CANDIDATES]
-    np.testing.assert_allclose(vote_scores(hand, k, False, CANDIDATES), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(vote_scores(hand, k, "own", CANDIDATES), expected, rtol=0, atol=1e-12)
     cfg = vote_config("amazon-games", "recent", k, n_users=None)
     hits = demo_hits(hand, cfg)
     assert hits["hits"][hits["users"].index("q")] == votes["4"]
@@ -99,8 +98,8 @@ def test_guarded_vote_never_votes_the_target_by_hand(hand: Runner) -> None:
     # chapter 2's guard holds out q's valid item 3 and test item 4: every demonstration after 3 shows 3,
     # e shows 4; d (2→7) stays and random fill adds the only clean finals left, f (8→9) and g (10→11)
     expected = [{"7": 1, "9": 1, "11": 1}.get(c, 0) + POP.get(c, 0) / 4 for c in CANDIDATES]
-    np.testing.assert_allclose(vote_scores(hand, 3, True, CANDIDATES), expected, rtol=0, atol=1e-12)
-    cfg = vote_config("amazon-games", "recent", 3, n_users=None, guard=True)
+    np.testing.assert_allclose(vote_scores(hand, 3, "held-out", CANDIDATES), expected, rtol=0, atol=1e-12)
+    cfg = vote_config("amazon-games", "recent", 3, n_users=None, guard="held-out")
     hits = demo_hits(hand, cfg)
     i = hits["users"].index("q")
     assert hits["hits"][i] == 0 and hits["fallback"][i] == 2
@@ -111,11 +110,13 @@ def test_guarded_vote_never_votes_the_target_by_hand(hand: Runner) -> None:
 
 
 def test_the_open_vote_still_refuses_the_users_own_sequence(hand: Runner) -> None:
-    cfg = EvalConfig("amazon-games", "recent", 6)
+    cfg = vote_config("amazon-games", "recent", 6, n_users=None, guard="own")
     hist, _ = hand.target(cfg, "q")
-    sel = type(hand).select(VoteView(hand, open=True), cfg, "q", hist)
-    # anchor 1 offers only q's own 1→2: refused, so the sixth demonstration is random fill
-    assert len(sel.sources) == 6 and "q" not in {src for src, _ in sel.sources} and sel.fallback == 1
+    nxt, fill = hand.method(cfg).next_items(hand, cfg, "q", hist)
+    # after 3: a, b, c (4, 4, 6); after 2: d, e (7, 4); after 1 only q's own 1→2, refused: random fill
+    assert sorted(nxt[:3]) == ["4", "4", "6"] and sorted(nxt[3:5]) == ["4", "7"] and fill == 1
+    sel = hand.select(EvalConfig("amazon-games", "recent", 6, guard="own"), "q", hist)
+    assert "q" not in {src for src, _ in sel.sources}
 
 
 # ----------------------------------------------------------------------------- the guard on random data
@@ -129,7 +130,7 @@ def synthetic(tmp_path_factory) -> Runner:
 
 @pytest.mark.parametrize("selector", ["random", "recent", "similarity", "popular"])
 def test_guarded_votes_never_reach_the_target_nor_beat_popularity(synthetic: Runner, selector: str) -> None:
-    cfg = vote_config("amazon-games", selector, 4, n_users=25, n_candidates=10, guard=True)
+    cfg = vote_config("amazon-games", selector, 4, n_users=25, n_candidates=10, guard="held-out")
     pop = synthetic.run(EvalConfig("amazon-games", "ref-popularity", n_users=25, n_candidates=10))
     vote = synthetic.run(cfg)
     assert sum(demo_hits(synthetic, cfg)["hits"]) == 0
@@ -137,14 +138,15 @@ def test_guarded_votes_never_reach_the_target_nor_beat_popularity(synthetic: Run
     assert all(v >= p for v, p in zip(vote["ranks"]["score"], pop["ranks"]["score"]))
 
 
+@pytest.mark.parametrize("guard", ["held-out", "own"])
 @pytest.mark.parametrize("selector", ["random", "recent", "similarity", "popular"])
-def test_guarded_vote_uses_the_llm_prompts_demonstrations(synthetic: Runner, selector: str) -> None:
-    cfg = vote_config("amazon-games", selector, 3, n_users=8, guard=True)
+def test_the_vote_uses_the_llm_prompts_demonstrations(synthetic: Runner, selector: str, guard: str) -> None:
+    cfg = vote_config("amazon-games", selector, 3, n_users=8, guard=guard)
     vote = synthetic.method(cfg)
     train = synthetic.data("amazon-games").split.train
     for user in synthetic.users(cfg):
         hist, _ = synthetic.target(cfg, user)
-        llm = synthetic.select(EvalConfig("amazon-games", selector, 3), user, hist)  # what a prompt shows
+        llm = synthetic.select(EvalConfig("amazon-games", selector, 3, guard=guard), user, hist)  # a prompt's
         nxt, fill = vote.next_items(synthetic, cfg, user, hist)
         assert nxt == tuple(train[s][c] for s, c in llm.sources) and fill == llm.fallback
 
@@ -156,7 +158,6 @@ def test_guarded_vote_uses_the_llm_prompts_demonstrations(synthetic: Runner, sel
         ({"vote_selector": "zero-shot"}, "--vote-selector 'zero-shot' takes no demonstrations; choose"),
         ({"vote_selector": "nearest"}, "--vote-selector 'nearest' is not a selector; choose one of random"),
         ({"vote_k": "4"}, "parameter vote_k must be int"),
-        ({"vote_guard": 1}, "parameter vote_guard must be bool"),
     ],
 )
 def test_bad_vote_parameters_are_one_line(params: dict, message: str) -> None:
@@ -170,7 +171,7 @@ def test_the_cache_key_follows_the_vote_and_its_selector(synthetic: Runner) -> N
         synthetic.key(vote_config("amazon-games", s, k, n_users=5, guard=g))
         for s in ("recent", "similarity")
         for k in (1, 2)
-        for g in (False, True)
+        for g in ("held-out", "own")
     }
     assert len(keys) == 8
     sim = synthetic.method(vote_config("amazon-games", "similarity", 1, n_users=5))

@@ -12,9 +12,9 @@ The selectors are chapter 2's (:mod:`lrgd.rec.select`). Its ``recent`` selector 
 *transition* selector: other users' training windows ending at the query's most recent item, then at
 earlier items, with random fill counted (``random fill share``).
 
-The ceiling's guard refuses only the user's own sequence (``guard=False``): other users' transitions
+The ceiling's guard refuses only the user's own sequence (``guard="own"``): other users' transitions
 into the user's target are collaborative evidence, as in Markov. Chapter 2's leakage guard
-(``guard=True``, what an LLM prompt gets) refuses every demonstration showing the user's valid or
+(``guard="held-out"``, what an LLM prompt gets) refuses every demonstration showing the user's valid or
 test item, so the target never gets a vote and the guarded vote is never above popularity;
 :func:`llm_capture` reports both.
 
@@ -51,12 +51,12 @@ HIT_COLUMNS = ("target among next items", "mean target votes", "random fill shar
 
 
 def vote_config(
-    dataset: str, selector: str, k: int, n_users: int | None, seed: int = 0, guard: bool = False, **kw
+    dataset: str, selector: str, k: int, n_users: int | None, seed: int = 0, guard: str = "own", **kw
 ) -> EvalConfig:
-    """The ``ref-vote`` condition: ``k`` demonstrations of ``selector`` vote (``guard``: chapter 2's
-    leakage guard, the demonstrations an LLM prompt gets)."""
-    params = {"vote_selector": selector, "vote_k": k, "vote_guard": guard}
-    return EvalConfig(dataset, "ref-vote", n_users=n_users, seed=seed, params=params, **kw)
+    """The ``ref-vote`` condition: ``k`` demonstrations of ``selector`` vote (``guard``: ``own`` for the
+    ceiling, ``held-out`` for the demonstrations an LLM prompt gets; :data:`lrgd.rec.select.GUARDS`)."""
+    params = {"vote_selector": selector, "vote_k": k}
+    return EvalConfig(dataset, "ref-vote", n_users=n_users, seed=seed, guard=guard, params=params, **kw)
 
 
 def demo_hits(runner, cfg: EvalConfig) -> dict[str, list[int]]:
@@ -88,7 +88,7 @@ def demo_hits(runner, cfg: EvalConfig) -> dict[str, list[int]]:
 
 
 def grid_configs(
-    sizes: CeilingSizes, seed: int = 0, guard: bool = False, split: str = "test"
+    sizes: CeilingSizes, seed: int = 0, guard: str = "own", split: str = "test"
 ) -> list[EvalConfig]:
     """Every condition of the ceiling grid: per dataset, the reference rows, then selector × k votes
     (``sizes.n_users`` test users, or ``sizes.n_valid_users`` on the ``valid`` split)."""
@@ -110,7 +110,7 @@ def _row(runner, cfg: EvalConfig, res: dict, pop: dict, seed: int) -> dict:
         "method": cfg.method.removeprefix("ref-"),
         "selector": params["vote_selector"] if vote else "—",
         "k": params["vote_k"] if vote else 0,
-        "guard": bool(params.get("vote_guard", False)),
+        "guard": cfg.guard if vote else "—",
         "n_users": res["n_users"],
     }
     for m in METRICS:
@@ -131,7 +131,7 @@ def _row(runner, cfg: EvalConfig, res: dict, pop: dict, seed: int) -> dict:
 
 
 def ceiling_grid(
-    runner, sizes: CeilingSizes | None = None, seed: int = 0, guard: bool = False, split: str = "test"
+    runner, sizes: CeilingSizes | None = None, seed: int = 0, guard: str = "own", split: str = "test"
 ) -> pd.DataFrame:
     """The ceiling table, one tidy row per (dataset, method, selector, k).
 
@@ -255,8 +255,8 @@ def llm_capture(
         pop = runner.run(EvalConfig(name, "ref-popularity", model=model, n_users=n_users, seed=seed))
         for m in methods:
             llm = runner.run(EvalConfig(name, m, k, model=model, seed=seed, n_users=n_users))
-            guarded = runner.run(vote_config(name, m, k, n_users, seed, guard=True, model=model))
-            ceiling = runner.run(vote_config(name, m, k, n_users, seed, guard=False, model=model))
+            guarded = runner.run(vote_config(name, m, k, n_users, seed, guard="held-out", model=model))
+            ceiling = runner.run(vote_config(name, m, k, n_users, seed, guard="own", model=model))
             d_llm, u_llm = gain(llm, zero, variant, variant)
             d_grd, _ = gain(guarded, pop, "score", "score")
             d_top, u_top = gain(ceiling, pop, "score", "score")

@@ -153,25 +153,21 @@ class VoteReference:
     votes for its next item, score = votes + popularity / (max popularity + 1).
 
     The demonstrations come from the selector through the runner's selection protocol
-    (:meth:`lrgd.rec.runner.Runner.select`), on the condition's dataset, split, history length and seed;
-    a demonstration's next item is ``split.train[pool user][cut]`` of its source.
+    (:meth:`lrgd.rec.runner.Runner.select`), on the condition's dataset, split, history length, seed and
+    guard; a demonstration's next item is ``split.train[pool user][cut]`` of its source.
 
-    ``vote_guard`` chooses the guard. ``False`` (the ceiling): only the user's own sequence is refused;
-    other users' training transitions into the user's target are collaborative evidence, as in
-    ``ref-markov``. ``True``: chapter 2's leakage guard (:class:`lrgd.rec.select.DemoPool`), the
-    demonstrations an LLM prompt gets; it refuses every demonstration that shows the user's valid or test
-    item, so the target never gets a vote and this ranking is never above popularity, user by user
-    (and on the test split ``recent`` skips the anchor on the last history item, the valid item).
+    The condition's ``guard`` (:data:`lrgd.rec.select.GUARDS`) decides what the vote measures. ``own``
+    (the ceiling): only the user's own sequence is refused; other users' training transitions into the
+    user's target are collaborative evidence, as in ``ref-markov``. ``held-out`` (chapter 2's default):
+    the demonstrations an LLM prompt gets; every demonstration showing the user's valid or test item is
+    refused, so the target never gets a vote and this ranking is never above popularity, user by user
+    (and on the test split ``recent`` loses its anchor on the last history item, the valid item).
     """
 
     vote_selector: str = field(
         default="recent", metadata={"help": "the demonstration selector whose demonstrations vote"}
     )
     vote_k: int = field(default=16, metadata={"help": "how many demonstrations vote"})
-    vote_guard: bool = field(
-        default=False,
-        metadata={"help": "chapter 2's guard (refuse demonstrations showing held-out items)"},
-    )
 
     def validate(self) -> None:
         from lrgd.rec.select import SELECTORS
@@ -202,15 +198,13 @@ class VoteReference:
         """(next item of each demonstration [≤ vote_k], demonstrations filled in at random) for ``user``;
         computed once per process (:meth:`Runner.memo`)."""
         sel_cfg = self.selector_config(cfg)
-        key = ("vote-next", sel_cfg, self.vote_guard, user, tuple(history))
 
         def make() -> tuple[tuple[str, ...], int]:
-            # the runner's selection protocol (Runner.select), run on a view of the runner
-            sel = type(runner).select(VoteView(runner, open=not self.vote_guard), sel_cfg, user, history)
+            sel = type(runner).select(VoteView(runner), sel_cfg, user, history)  # the runner's protocol
             train = runner.data(cfg.dataset).split.train
             return tuple(train[src][cut] for src, cut in sel.sources), sel.fallback
 
-        return runner.memo(key, make)
+        return runner.memo(("vote-next", sel_cfg, user, tuple(history)), make)
 
     def score_with(self, runner, cfg, user: str, history: Sequence[str], candidates: Sequence[str]):
         """Votes + popularity / (max popularity + 1) of each candidate [N]."""
@@ -222,27 +216,16 @@ class VoteReference:
 
 
 class VoteView:
-    """The runner as ``ref-vote``'s selector sees it: the runner itself, except that
+    """The runner as ``ref-vote``'s selector sees it: the runner itself, except that ``embedder()``
+    remembers the embedding of every text it encoded in this process, so the similarity selector embeds
+    a user's history once for every k and guard of a grid, not once per condition (the embeddings are
+    deterministic: the demonstrations are those :meth:`Runner.select` gives)."""
 
-    * with ``open``, ``pool(cfg)`` is an :func:`open_pool` (its guard refuses only the evaluated user's
-      own sequence: ``vote_guard=False``);
-    * ``embedder()`` remembers the embedding of every text it encoded in this process, so the similarity
-      selector embeds a user's history once for all the k and both guards of a grid, not once per
-      condition (the embeddings are deterministic: the demonstrations do not change).
-    """
-
-    def __init__(self, runner, open: bool = True) -> None:
-        self._runner, self._open = runner, open
+    def __init__(self, runner) -> None:
+        self._runner = runner
 
     def __getattr__(self, name: str):
         return getattr(self._runner, name)
-
-    def pool(self, cfg):
-        if not self._open:
-            return self._runner.pool(cfg)
-        st = self._runner.data(cfg.dataset)
-        key = ("open-pool", cfg.dataset, cfg.history_len, cfg.seed)
-        return self._runner.memo(key, lambda: open_pool(st.ds, st.split, cfg.history_len, cfg.seed))
 
     def embedder(self):
         runner = self._runner
@@ -260,16 +243,3 @@ class _Remembered:
         if missing:
             self.rows.update(zip(missing, self.embedder.encode(missing, cache=cache)))
         return np.stack([self.rows[t] for t in texts])
-
-
-def open_pool(ds, split, history_len: int = 10, seed: int = 0):
-    """A :class:`lrgd.rec.select.DemoPool` whose guard holds nothing out: a demonstration is refused only
-    when it is the evaluated user's own sequence."""
-    from lrgd.rec.leakage import HeldOut
-    from lrgd.rec.select import DemoPool
-
-    class OpenPool(DemoPool):
-        def held_out(self, user: str) -> HeldOut:
-            return HeldOut()
-
-    return OpenPool(ds, split, history_len, seed)
