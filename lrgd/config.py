@@ -267,7 +267,8 @@ class ReaderSizes:
     """
 
     titles: bool = True  # False: items carry only popularity and their per-prompt tag (fully anonymous)
-    train_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # training users' training prefixes
+    pointer: bool = True  # a pointer read-out: demonstrations' next items vote, weighted by the model
+    train_datasets: tuple[str, ...] = ("ml-100k",)  # whose training prefixes make the training prompts
     heldout_dataset: str = "amazon-games"  # a catalogue never trained on
     heldout_user_share: float = 0.2  # users of the training catalogues kept out of training queries
     hidden: int = 128
@@ -280,6 +281,8 @@ class ReaderSizes:
     train_ks: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64)  # demonstrations per training prompt
     kind_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)  # transition, random, corrupted demonstrations
     n_negatives: int = 19  # uniform unseen negatives per training query (as in evaluation)
+    copy_share: float = 0.25  # share of training batches from a synthetic successor world (teaches reading)
+    copy_warmup: int = 300  # first steps on the successor world only, k ≤ 4 (a curriculum: reading first)
     steps: int = 1500
     batch: int = 32
     lr: float = 2e-3
@@ -287,7 +290,10 @@ class ReaderSizes:
     weight_decay: float = 0.01
     checkpoint_every: int = 250  # steps between resumable checkpoints
     threads: int = 2
-    eval_ks: tuple[int, ...] = (0, 1, 4, 16, 64)
+    eval_ks: tuple[int, ...] = (1, 4, 16, 64)  # demonstrations at evaluation (k = 0 always runs)
+    eval_datasets: tuple[str, ...] = ("ml-100k", "amazon-games")  # a training and a held-out catalogue
+    eval_selectors: tuple[str, ...] = ("recent", "similarity", "random")
+    models: tuple[str, ...] = ("trained:reader-anon",)  # the designs trained and compared in chapter 2b
     n_users: int | None = 200  # evaluated users per dataset
 
     def validate(self) -> ReaderSizes:
@@ -300,6 +306,10 @@ class ReaderSizes:
             raise ConfigError(
                 f"reader.kind_probs={self.kind_probs} must be 3 non-negative numbers summing to 1"
             )
+        if not 0 <= self.copy_share < 1:
+            raise ConfigError(f"reader.copy_share must lie in [0, 1), got {self.copy_share}")
+        if self.copy_warmup and not self.copy_share:
+            raise ConfigError("reader.copy_warmup needs copy_share > 0 (the successor world it trains on)")
         if not 0 <= self.heldout_user_share < 1:
             raise ConfigError(f"reader.heldout_user_share must lie in [0, 1), got {self.heldout_user_share}")
         longest = max(self.train_ks + self.eval_ks) * (self.demo_history + 1) + self.query_len
@@ -381,7 +391,9 @@ _PROFILES = {
         effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
         ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=1000, n_valid_users=500),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
-                           steps=12000, batch=64, n_users=1000),
+                           steps=12000, batch=64, n_users=1000, eval_ks=(1, 2, 4, 8, 16, 32, 64),
+                           eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
+                           models=("trained:reader-anon", "trained:reader")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
     ),
     "gpu": Profile(
@@ -399,7 +411,9 @@ _PROFILES = {
         ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=None, n_valid_users=1000),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
                            hidden=256, layers=4, heads=8, intermediate=768, steps=50000, batch=128,
-                           n_users=None),
+                           n_users=None, eval_ks=(1, 2, 4, 8, 16, 32, 64),
+                           eval_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-games"),
+                           models=("trained:reader-anon", "trained:reader")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
     ),
 }  # fmt: skip

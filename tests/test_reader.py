@@ -19,7 +19,8 @@ from lrgd.rec.data import Dataset, leave_one_out, make_item
 TINY = ReaderSizes(
     hidden=32, layers=1, heads=2, intermediate=64, n_tags=64, demo_history=2, query_len=3,
     train_ks=(1, 2), eval_ks=(1, 2), kind_probs=(1.0, 0.0, 0.0), n_negatives=9, steps=300, batch=32,
-    lr=3e-3, warmup=20, heldout_user_share=0.2, checkpoint_every=100, threads=1,
+    lr=3e-3, warmup=20, heldout_user_share=0.2, checkpoint_every=100, threads=1, copy_share=0.0,
+    copy_warmup=0,
 )  # fmt: skip
 
 

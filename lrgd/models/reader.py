@@ -29,6 +29,12 @@ earlier query item), ``random``, or ``corrupted`` (a transition whose next item 
 one), mixed per demonstration by ``sizes.kind_probs``. A share of users of each training catalogue
 (``sizes.heldout_user_share``) never supplies a training query; their prefixes give the held-out loss
 curve. No valid or test item of any user is ever seen.
+
+Reading is learned slowly from real data alone: a demonstration's next item is the target in only a few
+per cent of prompts. Training therefore starts with ``sizes.copy_warmup`` steps on a synthetic *successor
+world* (:func:`successor_catalogue`, k ≤ 4), where the demonstrations that start at the query's last item
+almost always name the target, and keeps a share ``sizes.copy_share`` of later batches there; the
+identity tags make what is learned there transferable (measured in chapter 2b).
 """
 
 from __future__ import annotations
@@ -97,13 +103,14 @@ def popularity_features(counts: np.ndarray) -> np.ndarray:
     return np.stack([pct, logp], axis=1).astype(np.float32)
 
 
-def build_catalogue(ds, split, fingerprint: str, embedder) -> Catalogue:
-    """The :class:`Catalogue` of a loaded dataset and its leave-one-out split (titles embedded once)."""
+def build_catalogue(ds, split, fingerprint: str, embedder=None) -> Catalogue:
+    """The :class:`Catalogue` of a loaded dataset and its leave-one-out split; titles embedded once when
+    an ``embedder`` is given (zero vectors otherwise: what the anonymous reader sees anyway)."""
     ids = sorted(ds.items)
     index = {i: j for j, i in enumerate(ids)}
     titled = np.array([j for j, i in enumerate(ids) if ds.items[i].has_title], dtype=np.int64)
     title = np.zeros((len(ids), 384), dtype=np.float32)
-    if len(titled):
+    if len(titled) and embedder is not None:
         title[titled] = embedder.encode([ds.items[ids[j]].title for j in titled])
     users = sorted(split.train)
     seqs = [np.array([index[i] for i in split.train[u]], dtype=np.int64) for u in users]
@@ -122,6 +129,36 @@ def build_catalogue(ds, split, fingerprint: str, embedder) -> Catalogue:
         ds.name, ids, index, title, popularity_features(counts), users, seqs,
         {i: np.array(v, dtype=np.int64) for i, v in occ.items()}, np.array(trans, dtype=np.int64),
         titled, fingerprint,
+    )  # fmt: skip
+
+
+def successor_catalogue(
+    seed: int, n_items: int = 400, n_users: int = 3000, length: int = 12, follow: float = 0.8
+) -> Catalogue:
+    """A synthetic catalogue that rewards reading: every item has one successor, followed with
+    probability ``follow`` (else a uniform item); titles are random unit vectors and popularity is flat,
+    so the next item of a query can only be learned from demonstrations that start where it ends."""
+    rng = np.random.default_rng([seed, 17])
+    succ = rng.permutation(n_items)
+    seqs = []
+    for _ in range(n_users):
+        s = [int(rng.integers(n_items))]
+        for _ in range(length - 1):
+            s.append(int(succ[s[-1]]) if rng.random() < follow else int(rng.integers(n_items)))
+        seqs.append(np.array(s, dtype=np.int64))
+    title = rng.normal(size=(n_items, 384)).astype(np.float32)
+    title /= np.linalg.norm(title, axis=1, keepdims=True)
+    counts = np.bincount(np.concatenate(seqs), minlength=n_items).astype(float)
+    occ: dict[int, list] = {}
+    for u, s in enumerate(seqs):
+        for p in range(1, len(s)):
+            occ.setdefault(int(s[p - 1]), []).append((u, p))
+    trans = np.array([(u, p) for u, s in enumerate(seqs) for p in range(1, len(s))], dtype=np.int64)
+    ids = [f"s{i}" for i in range(n_items)]
+    return Catalogue(
+        f"successor-{seed}", ids, {i: j for j, i in enumerate(ids)}, title, popularity_features(counts),
+        [f"u{u}" for u in range(n_users)], seqs, {i: np.array(v, dtype=np.int64) for i, v in occ.items()},
+        trans, np.arange(n_items), f"successor-{seed}-{n_items}-{n_users}-{length}-{follow}",
     )  # fmt: skip
 
 
@@ -215,6 +252,9 @@ class Reader(nn.Module):
         self.body.set_attn_implementation("sdpa")
         self.out = nn.Linear(d, d, bias=False)
         nn.init.normal_(self.tag.weight, std=1.0)
+        # the pointer read-out: FINAL weighs each demonstration's next-item token, the weight goes to the
+        # candidate with the same tag
+        self.pointer = nn.ModuleDict({"q": nn.Linear(d, d), "k": nn.Linear(d, d)}) if sizes.pointer else None
 
     def items(self, cat: Catalogue, item: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """x(item) for indices ``item`` [...] (−1 → zeros) with tags ``slot`` [...] → [..., d]."""
@@ -230,10 +270,25 @@ class Reader(nn.Module):
         return self.role(b.role) + self.items(cat, b.item, b.slot)
 
     def forward(self, cat: Catalogue, b: Batch) -> torch.Tensor:
-        """Candidate scores [B, C]."""
-        h = self.body(inputs_embeds=self.embed(cat, b)).last_hidden_state[:, -1]
+        """Candidate scores [B, C]: ⟨W_o h_FINAL, x(c)⟩/√d, plus the pointer read-out when present."""
+        hs = self.body(inputs_embeds=self.embed(cat, b)).last_hidden_state
+        h = hs[:, -1]
         c = self.items(cat, b.cand, b.cand_slot)
-        return (self.out(h)[:, None, :] * c).sum(-1) / math.sqrt(h.shape[-1])
+        scores = (self.out(h)[:, None, :] * c).sum(-1) / math.sqrt(h.shape[-1])
+        if self.pointer is not None:
+            scores = scores + self.read(hs, b)
+        return scores
+
+    def read(self, hs: torch.Tensor, b: Batch) -> torch.Tensor:
+        """The pointer read-out [B, C]: Σ_j a_j · [tag of next item j = tag of c], over the demonstrations'
+        next-item tokens j, with a_j = softplus(⟨W_q h_FINAL, W_k h_j⟩/√d) ≥ 0 — a vote in which the
+        model decides how much each demonstration counts."""
+        d = hs.shape[-1]
+        q = self.pointer["q"](hs[:, -1])
+        a = nn.functional.softplus((self.pointer["k"](hs) * q[:, None, :]).sum(-1) / math.sqrt(d))  # [B, T]
+        a = a * (b.role == ROLES["next"])
+        same = (b.slot[:, :, None] == b.cand_slot[:, None, :]).to(hs.dtype)  # [B, T, C]
+        return torch.einsum("bt,btc->bc", a, same)
 
 
 # ----------------------------------------------------------------------------- training data
@@ -311,7 +366,8 @@ def weights_key(sizes: ReaderSizes, data: dict[str, str], embedder_fp: str, seed
     """Hash of everything the trained weights depend on: the training sizes (evaluation-only ones
     excluded), each training dataset's fingerprint (``data`` name → fingerprint), the title embedder,
     this module's source and the seed."""
-    train = {k: v for k, v in asdict(sizes).items() if k not in ("eval_ks", "n_users", "threads")}
+    evaluation = ("eval_ks", "eval_datasets", "eval_selectors", "models", "n_users", "threads")
+    train = {k: v for k, v in asdict(sizes).items() if k not in evaluation}
     return content_key(
         {"sizes": train, "data": data, "embedder": embedder_fp, "code": code_hash("lrgd.models.reader"),
          "seed": seed}
@@ -353,11 +409,12 @@ def heldout_batches(cats: Sequence[Catalogue], sizes: ReaderSizes, seed: int, n:
 
 @torch.no_grad()
 def heldout_loss(model: Reader, batches) -> dict[str, float]:
-    """Mean cross-entropy on the held-out prompts, per k."""
+    """Mean cross-entropy on the held-out prompts, per ``"<catalogue> k<k>"``."""
     model.eval()
     out: dict[str, list[float]] = {}
     for cat, k, b in batches:
-        out.setdefault(f"k{k}", []).append(float(nn.functional.cross_entropy(model(cat, b), b.label)))
+        loss = float(nn.functional.cross_entropy(model(cat, b), b.label))
+        out.setdefault(f"{cat.name} k{k}", []).append(loss)
     model.train()
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -387,9 +444,15 @@ def train(
             torch.set_rng_state(ck["torch_rng"])
         except (OSError, RuntimeError, KeyError, EOFError, ValueError):
             start = 0  # an unreadable checkpoint is started over
+    if sizes.copy_share > 0:  # a synthetic successor world teaches the reading (see successor_catalogue)
+        cats = [*cats, successor_catalogue(seed)]
     splits = [user_split(c, sizes.heldout_user_share)[0] for c in cats]
     weights = np.array([len(c.trans) for c in cats], dtype=float)
+    if sizes.copy_share > 0:
+        weights[:-1] *= (1 - sizes.copy_share) / weights[:-1].sum()
+        weights[-1] = sizes.copy_share
     weights /= weights.sum()
+    warm_ks = [k for k in sizes.train_ks if 0 < k <= 4] or [1]
     held = heldout_batches(cats, sizes, seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(sizes.threads)
@@ -398,8 +461,10 @@ def train(
     t0 = time.perf_counter() - log["seconds"]
     try:
         for step in progress(range(start, sizes.steps), desc, total=sizes.steps - start):
-            c = int(rng.choice(len(cats), p=weights))
-            k = int(rng.choice(sizes.train_ks))
+            if step < sizes.copy_warmup:  # the curriculum: learn to read on the successor world first
+                c, k = len(cats) - 1, int(rng.choice(warm_ks))
+            else:
+                c, k = int(rng.choice(len(cats), p=weights)), int(rng.choice(sizes.train_ks))
             b = sample_batch(cats[c], splits[c], k, sizes, rng, sizes.batch)
             loss = nn.functional.cross_entropy(model(cats[c], b), b.label)
             for g in opt.param_groups:

@@ -166,14 +166,15 @@ class Runner:
 
     # --------------------------------------------------------------------------- trained models
 
-    def catalogue(self, name: str):
-        """Dataset ``name`` as the trained reader sees it (:class:`lrgd.models.reader.Catalogue`)."""
+    def catalogue(self, name: str, titles: bool = True):
+        """Dataset ``name`` as the trained reader sees it (:class:`lrgd.models.reader.Catalogue`); without
+        ``titles`` no title is embedded (the anonymous reader never reads them)."""
         from lrgd.models.reader import build_catalogue
 
         st = self.data(name)
         return self.memo(
-            ("catalogue", name, st.fingerprint),
-            lambda: build_catalogue(st.ds, st.split, st.fingerprint, self.embedder()),
+            ("catalogue", name, st.fingerprint, titles),
+            lambda: build_catalogue(st.ds, st.split, st.fingerprint, self.embedder() if titles else None),
         )
 
     def reader_sizes(self, name: str):
@@ -186,6 +187,10 @@ class Runner:
             else self.profile.reader
         )
 
+    def embedder_fingerprint(self, titles: bool) -> str:
+        """The title embedder's fingerprint, or ``"none"`` for a reader that reads no titles."""
+        return self.embedder().fingerprint if titles else "none"
+
     def reader_data(self) -> dict[str, str]:
         """The reader's training datasets → their fingerprints (what its weights depend on)."""
         return {d: self.data(d).fingerprint for d in self.profile.reader.train_datasets}
@@ -197,8 +202,9 @@ class Runner:
         if name not in self._models:
             from lrgd.models.reader import load_or_train
 
-            cats = [self.catalogue(d) for d in self.profile.reader.train_datasets]
-            self._models[name] = load_or_train(cats, self.reader_sizes(name), self.embedder().fingerprint)
+            sizes = self.reader_sizes(name)
+            cats = [self.catalogue(d, sizes.titles) for d in sizes.train_datasets]
+            self._models[name] = load_or_train(cats, sizes, self.embedder_fingerprint(sizes.titles))
         return self._models[name]
 
     def model_source(self, name: str) -> tuple[str, str]:
@@ -210,7 +216,8 @@ class Runner:
         if is_trained(name):
             from lrgd.models.reader import weights_path
 
-            path = weights_path(self.reader_sizes(name), self.reader_data(), self.embedder().fingerprint)
+            sizes = self.reader_sizes(name)
+            path = weights_path(sizes, self.reader_data(), self.embedder_fingerprint(sizes.titles))
             return path.name, path.stem
 
         folder = model_folder(name)
@@ -586,8 +593,8 @@ class Runner:
         sel = self.select(cfg, user, hist)
         sizes = self.reader_sizes(cfg.model)
         seed = zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
-        s = score(self.trained(cfg.model).model, self.catalogue(cfg.dataset), self.demo_ids(cfg, sel), hist,
-                  cand, sizes, seed)  # fmt: skip
+        model, cat = self.trained(cfg.model).model, self.catalogue(cfg.dataset, sizes.titles)
+        s = score(model, cat, self.demo_ids(cfg, sel), hist, cand, sizes, seed)
         m, L = sizes.demo_history, sizes.query_len
         return {"user": user, "target": target, "candidates": cand,
                 "rank": {"score": target_rank(s, cand, target, user, cfg.seed)},
