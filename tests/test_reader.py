@@ -154,3 +154,30 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch) -> No
     for name, a in whole.model.state_dict().items():
         assert torch.equal(a, after[name]), name
     assert resumed.log["prompts"] == whole.log["prompts"] == 40 * sizes.batch
+
+
+def test_the_reader_is_a_model_of_the_runner(tmp_path: Path, monkeypatch) -> None:
+    """``--model trained:reader-anon`` through Runner.run: one record per user, demonstrations from the
+    selector, k = 0 and k = 2 on the same candidates, and a cache key that names the weights."""
+    from lrgd.config import get_profile
+    from lrgd.rec.conditions import EvalConfig
+    from lrgd.rec.data import make_synthetic, write_synthetic
+    from lrgd.rec.runner import Runner
+
+    monkeypatch.setenv("LRGD_CACHE", str(tmp_path / "cache"))
+    write_synthetic(
+        make_synthetic(40, 60, seed=1, min_len=4, max_len=9), tmp_path / "d" / "amazon-games", "amazon-games"
+    )
+    r = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "res", data_dir=tmp_path / "d")
+    p = get_profile("ci")
+    r.profile = replace(p, reader=replace(TINY, train_datasets=("amazon-games",), steps=30, query_len=5))
+    base = {"n_users": 6, "n_candidates": 10, "guard": "own", "model": "trained:reader-anon"}
+    zero = r.run(EvalConfig("amazon-games", "zero-shot", 0, **base))
+    two = r.run(EvalConfig("amazon-games", "recent", 2, **base))
+    assert zero["users"] == two["users"] and len(two["ranks"]["score"]) == 6
+    recs = r.records(EvalConfig("amazon-games", "recent", 2, **base))
+    assert all(len(x["demo_sources"]) == 2 and 1 <= x["rank"]["score"] <= 10 for x in recs)
+    source, key = r.model_source("trained:reader-anon")
+    assert source.startswith("reader-") and (tmp_path / "cache" / "reader" / source).is_file()
+    r.profile = replace(r.profile, reader=replace(r.profile.reader, steps=31))  # other weights, other key
+    assert r.model_source("trained:reader-anon")[1] != key
