@@ -393,7 +393,7 @@ _PROFILES = {
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
                            steps=12000, batch=64, n_users=1000, eval_ks=(1, 2, 4, 8, 16, 32, 64),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
-                           models=("trained:reader-anon", "trained:reader")),
+                           models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
     ),
     "gpu": Profile(
@@ -413,7 +413,7 @@ _PROFILES = {
                            hidden=256, layers=4, heads=8, intermediate=768, steps=50000, batch=128,
                            n_users=None, eval_ks=(1, 2, 4, 8, 16, 32, 64),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-games"),
-                           models=("trained:reader-anon", "trained:reader")),
+                           models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
     ),
 }  # fmt: skip

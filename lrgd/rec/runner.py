@@ -61,8 +61,14 @@ LLM_CODE = (
 )
 #: modules whose source enters the key of every reference record (plus the ranker's module)
 REFERENCE_CODE = ("lrgd.rec.runner", "lrgd.rec.rank", "lrgd.rec.data", "lrgd.rec.references")
-#: trained models (``--model trained:<name>``) → the module that trains and scores them
-TRAINED = {"trained:reader": "lrgd.models.reader", "trained:reader-anon": "lrgd.models.reader"}
+#: the trained readers (``--model trained:<design>``): overrides of the profile's ``.reader`` section
+READER_DESIGNS = {
+    "trained:reader": {},  # titles + popularity + tags, pointer read-out
+    "trained:reader-anon": {"titles": False},  # popularity + tags only (anonymous), pointer read-out
+    "trained:reader-anon-nopointer": {"titles": False, "pointer": False},  # anonymous, W_o read-out only
+}
+#: trained models → the module that trains and scores them
+TRAINED = dict.fromkeys(READER_DESIGNS, "lrgd.models.reader")
 #: modules whose source enters the key of the saved candidate lists
 CANDIDATE_CODE = ("lrgd.rec.data",)
 
@@ -178,14 +184,12 @@ class Runner:
         )
 
     def reader_sizes(self, name: str):
-        """The reader's sizes: the profile's, with titles dropped for ``trained:reader-anon``."""
+        """The reader's sizes: the profile's ``.reader`` with the design of ``name`` (READER_DESIGNS)."""
         from dataclasses import replace
 
-        return (
-            replace(self.profile.reader, titles=False)
-            if name == "trained:reader-anon"
-            else self.profile.reader
-        )
+        if name not in READER_DESIGNS:
+            raise ConfigError(f"unknown trained model {name!r}; choose one of {', '.join(READER_DESIGNS)}")
+        return replace(self.profile.reader, **READER_DESIGNS[name])
 
     def embedder_fingerprint(self, titles: bool) -> str:
         """The title embedder's fingerprint, or ``"none"`` for a reader that reads no titles."""
