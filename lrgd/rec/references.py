@@ -38,7 +38,7 @@ from lrgd.errors import ConfigError
 from lrgd.rec.registry import Registry
 
 #: reference rankers by name
-REFERENCES = Registry("reference ranker")
+REFERENCES = Registry("reference ranker", plugins=("lrgd.models.itemid",))
 register_reference = REFERENCES.register
 _WORD = re.compile(r"[a-z0-9]+")
 

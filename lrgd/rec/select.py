@@ -51,7 +51,9 @@ from lrgd.rec.registry import Registry
 GUARDS = ("held-out", "own")
 
 #: demonstration selectors by name; the Effect_D ones register from :mod:`lrgd.demos.effect_select`
-SELECTORS = Registry("demonstration selector", plugins=("lrgd.demos.effect_select",))
+SELECTORS = Registry(
+    "demonstration selector", plugins=("lrgd.demos.effect_select", "lrgd.models.reader_dual")
+)
 register_selector = SELECTORS.register
 
 
