@@ -22,6 +22,8 @@ from lrgd.rec.runner import Runner
 
 # the profile's prompt layout (m = 3, L = 10, 512 tags), a tiny body
 TINY = replace(ReaderSizes(), hidden=32, layers=2, heads=2, intermediate=64, titles=False, threads=1)
+#: read-outs to test: without and (where this version of the reader has one) with the pointer vote
+POINTERS = (False, True) if hasattr(TINY, "pointer") else (False,)
 DATASET = "amazon-games"  # the synthetic data is written in this dataset's format
 
 
@@ -40,11 +42,11 @@ def _norm64(self, x: torch.Tensor) -> torch.Tensor:
     return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
 
 
-def tiny_reader(seed: int = 0, dtype=torch.float32, qk_scale: float = 1.0) -> R.Reader:
+def tiny_reader(seed: int = 0, dtype=torch.float32, qk_scale: float = 1.0, pointer: bool = False) -> R.Reader:
     """A random reader; ``qk_scale`` sharpens the attention (random init is nearly uniform). In float64
     its RMSNorms compute in float64 too."""
     torch.manual_seed(seed)
-    model = R.Reader(TINY).to(dtype).eval()
+    model = R.Reader(replace(TINY, pointer=pointer) if hasattr(TINY, "pointer") else TINY).to(dtype).eval()
     if dtype == torch.float64:
         for mod in model.modules():
             if type(mod).__name__ == "LlamaRMSNorm":
@@ -80,13 +82,20 @@ def some_user(ctx, j: int = 0) -> str:
     return sorted(ctx.runner.data(DATASET).split.test)[j]
 
 
-def test_scores_follow_the_readers_forward(runner) -> None:
-    """Identity: the study's own forward (embeddings + positions) is Reader.forward."""
-    model = tiny_reader()
+@pytest.mark.parametrize("pointer", POINTERS)
+def test_scores_follow_the_readers_forward(runner, pointer) -> None:
+    """Identity: the study's own forward (embeddings + positions, pointer weights) is Reader.forward."""
+    model = tiny_reader(pointer=pointer)
     ctx = ctx_for(runner, model)
     b = RD.user_prompt(ctx, some_user(ctx), "transition", 3)
     torch.testing.assert_close(RD.scores(model, ctx.cat, b), model(ctx.cat, b), rtol=0, atol=1e-6)
     assert RD.demo_mask(b).sum() == 3 * (TINY.demo_history + 1)
+    if pointer:
+        emb, pos = RD.forward_inputs(model, ctx.cat, b)
+        hs = RD.hidden(model, emb, pos)
+        a = RD.pointer_weight(model, hs[:, -1], hs) * (b.role == R.ROLES["next"])
+        same = (b.slot[:, :, None] == b.cand_slot[:, None, :]).float()
+        torch.testing.assert_close(torch.einsum("bt,btc->bc", a, same), model.read(hs, b))
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
@@ -148,35 +157,41 @@ def test_delta_o_splits_exactly_and_layer_zero_is_all_direct(runner) -> None:
     from lrgd.llm import capture_attention
 
     with torch.no_grad(), capture_attention(model.body) as layers:
-        RD.final_hidden(model, emb, torch.arange(emb.shape[1])[None])
+        RD.hidden(model, emb, torch.arange(emb.shape[1])[None])
     assert not torch.allclose(layers[0].out[-1], kept, atol=1e-8)
 
 
+@pytest.mark.parametrize("pointer", POINTERS)
 @pytest.mark.parametrize("j", [0, 1, 2])
-def test_derivative_rate_is_the_slope_of_the_loss_in_alpha(runner, j) -> None:
+def test_derivative_rate_is_the_slope_of_the_loss_in_alpha(runner, j, pointer) -> None:
     """Effect_D(rate="derivative") = −dL_u/dα at α = 0, where α scales the attention weight every later
-    token gives the demonstration (Richardson-extrapolated forward differences, float64)."""
-    model = tiny_reader(seed=j, dtype=torch.float64, qk_scale=4.0)
+    token gives the demonstration and its pointer vote (Richardson-extrapolated forward differences, float64).
+    Checked for a pool demonstration and for one whose next item is a candidate (so the vote counts)."""
+    model = tiny_reader(seed=j, dtype=torch.float64, qk_scale=4.0, pointer=pointer)
     ctx = ctx_for(runner, model)
     cat = as_float64(ctx.cat)
     user = some_user(ctx, j)
-    cands = RD.candidate_pool(ctx, user, 6)
-    demo = cands[j].demo
-    sc = RD.validation_context(ctx, user, [c.demo for c in cands])
-    l0 = RD.loss_with_alpha(model, cat, sc, demo, TINY, 0.0)
-    gain, zero = RD.true_gains(model, cat, sc, [demo], TINY)
-    assert l0 == pytest.approx(zero, abs=1e-9)  # α = 0 is the zero-shot prompt (with the gap)
-    assert RD.loss_with_alpha(model, cat, sc, demo, TINY, 1.0) == pytest.approx(zero - gain[0], abs=1e-9)
+    pool = [c.demo for c in RD.candidate_pool(ctx, user, 6)]
+    sc0 = RD.validation_context(ctx, user, pool)
+    copy = (pool[j][0], sc0.cands[sc0.label])  # names the validation item
+    demos = [pool[j], copy]
+    sc = RD.validation_context(ctx, user, [*pool, copy])
+    gain, zero = RD.true_gains(model, cat, sc, demos, TINY)
+    est = RD.effects(model, cat, sc, demos, TINY)
     assert RD.user_state(model, cat, sc, TINY).loss == pytest.approx(zero, abs=1e-9)
+    for i, demo in enumerate(demos):
+        l0 = RD.loss_with_alpha(model, cat, sc, demo, TINY, 0.0)
+        assert l0 == pytest.approx(zero, abs=1e-9)  # α = 0 is the zero-shot prompt (with the gap)
+        assert RD.loss_with_alpha(model, cat, sc, demo, TINY, 1.0) == pytest.approx(zero - gain[i], abs=1e-9)
 
-    def slope(eps: float) -> float:
-        return -(RD.loss_with_alpha(model, cat, sc, demo, TINY, eps) - l0) / eps
+        def slope(eps: float) -> float:
+            return -(RD.loss_with_alpha(model, cat, sc, demo, TINY, eps) - l0) / eps  # noqa: B023
 
-    fd = 2 * slope(1e-5) - slope(2e-5)  # O(ε²)
-    est = RD.effects(model, cat, sc, [demo], TINY)
-    assert abs(fd) > 1e-4  # a slope worth checking
-    assert est["derivative"][0] == pytest.approx(fd, rel=1e-6)
-    assert est["secant"][0] != pytest.approx(fd, rel=1e-2)  # the secant rate is a different number
+        fd = 2 * slope(1e-5) - slope(2e-5)  # O(ε²)
+        assert abs(fd) > 1e-4  # a slope worth checking
+        assert est["derivative"][i] == pytest.approx(fd, rel=1e-6)
+        if not pointer:  # (a vote, the same for both rates, can dominate this comparison)
+            assert est["secant"][i] != pytest.approx(fd, rel=1e-2)  # the secant rate is another number
 
 
 def test_effect_d_reads_the_validation_item_only(runner) -> None:
@@ -207,7 +222,7 @@ def test_effect_d_reads_the_validation_item_only(runner) -> None:
 
 
 def test_study_tables_have_their_rows(runner) -> None:
-    model = tiny_reader(seed=1, qk_scale=4.0)
+    model = tiny_reader(seed=1, qk_scale=4.0, pointer=POINTERS[-1])
     ctx = ctx_for(runner, model)
     users = sorted(runner.data(DATASET).split.test)[:4]
     st = RD.effect_study(ctx, users, n_demos=9)
@@ -219,6 +234,8 @@ def test_study_tables_have_their_rows(runner) -> None:
     both = share[share["layer"] == "all"].set_index("quantity")["mean"]
     assert both["transition − random"] == pytest.approx(both["transition"] - both["random"])
     assert share.attrs["max_identity_error"] <= 1e-5
+    votes = share[share["layer"] == "pointer"]
+    assert len(votes) == (5 if POINTERS[-1] else 0) and (votes["mean"][:3] > 0).all()  # softplus > 0
 
 
 def test_reader_effect_selector_through_the_runner(runner, monkeypatch) -> None:

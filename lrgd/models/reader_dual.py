@@ -8,14 +8,17 @@ is turned into embeddings and positions (:func:`forward_inputs`):
   it checks that the capture of q/k/v is right. It also gives η = Z_D/Z, the share of attention the
   dual step gives the demonstrations.
 * :func:`demo_share` — η at FINAL for transition, random and corrupted demonstrations on held-out users:
-  whether the dual step weights informative demonstrations more (a measurement).
+  whether the dual step weights informative demonstrations more (a measurement); with a pointer
+  read-out also the vote weight it gives each kind.
 * :func:`delta_o` — the prompt with and without its demonstrations (positions kept), Δo = indirect +
   direct (identity) and the cosine of Δo with the softmax dual step, a placebo span and a random
   direction, as :func:`lrgd.dual.equivalence.delta_o_study` (which reads token ids, not embeddings).
 * :func:`effect_study` — Effect_D (:mod:`lrgd.demos.effect`, our reconstruction) of one demonstration
   in a slot right after BOS, with L_u the reader's own ranking loss: cross-entropy of the user's
-  **validation** item among candidates. It is compared with the true gain L_u(zero-shot) − L_u(D) on
-  the **test** item (Spearman ρ, pooled and within users).
+  **validation** item among candidates. The reader's pointer read-out (when it has one) is a second path
+  from D to the scores besides attention: D's next item gets a vote a_D, so Effect_D adds its first-order
+  term −⟨∂L_u/∂s, a_D · [tag match]⟩ (:func:`pointer_effect`). It is compared with the true gain
+  L_u(zero-shot) − L_u(D) on the **test** item (Spearman ρ, pooled and within users).
 * the ``reader-effect`` selector — candidates (transition and random demonstrations with a real source)
   ranked by Effect_D on the validation item; :func:`selection_table` evaluates it through the runner.
 
@@ -48,9 +51,26 @@ from lrgd.models.reader import ROLES, Batch, Catalogue, Reader, assign_slots, co
 from lrgd.rec.select import Selection, register_selector
 
 __all__ = [
-    "EffectStudy", "ReaderContext", "ReaderEffectSelector", "SlotContext", "context", "delta_o",
-    "delta_o_table", "demo_share", "effect_correlations", "effect_study", "effects", "gain_by_kind",
-    "heldout_users", "loss_with_alpha", "rebuild", "selection_table", "true_gains", "user_prompt",
+    "EffectStudy",
+    "ReaderContext",
+    "ReaderEffectSelector",
+    "SlotContext",
+    "context",
+    "delta_o",
+    "delta_o_table",
+    "demo_share",
+    "effect_correlations",
+    "effect_study",
+    "effects",
+    "float64",
+    "gain_by_kind",
+    "heldout_users",
+    "loss_with_alpha",
+    "rebuild",
+    "selection_table",
+    "true_gains",
+    "user_prompt",
+    "vote_weights",
 ]  # fmt: skip
 
 KINDS = ("transition", "random", "corrupted")
@@ -85,32 +105,52 @@ def forward_inputs(
     return emb, pos.expand(emb.shape[0], -1)
 
 
-def final_hidden(model: Reader, emb: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None = None):
-    """The body's last hidden state at FINAL [B, d]. Without ``mask`` an all-ones mask is passed, so a
-    gap in ``pos`` is not read as packed sequences; a 4-D float ``mask`` [B, 1, T, T] is added to the
-    attention scores."""
+def hidden(model: Reader, emb: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None = None):
+    """The body's last hidden states [B, T, d]. Without ``mask`` an all-ones mask is passed, so a gap in
+    ``pos`` is not read as packed sequences; a 4-D float ``mask`` [B, 1, T, T] is added to the scores."""
     if mask is None:
         mask = torch.ones(emb.shape[:2], dtype=torch.long)
-    return model.body(inputs_embeds=emb, position_ids=pos, attention_mask=mask).last_hidden_state[:, -1]
+    return model.body(inputs_embeds=emb, position_ids=pos, attention_mask=mask).last_hidden_state
 
 
-def candidate_scores(model: Reader, cat: Catalogue, b: Batch, h: torch.Tensor) -> torch.Tensor:
-    """Scores [B, C] from the FINAL hidden states ``h`` [B, d], as :meth:`Reader.forward`."""
+def kept(b: Batch, drop: torch.Tensor | None) -> Batch:
+    """``b`` without the ``drop`` positions (the candidates stay)."""
+    if drop is None:
+        return b
+    return replace(b, role=b.role[:, ~drop], item=b.item[:, ~drop], slot=b.slot[:, ~drop])
+
+
+def pointer_weight(model: Reader, h_final: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The pointer read-out's weight a = softplus(⟨W_q h_FINAL, W_k h⟩/√d) of hidden states ``h``
+    [..., T, d] for ``h_final`` [..., d] → [..., T] (the weights inside :meth:`Reader.read`)."""
+    q = model.pointer["q"](h_final)
+    return nn.functional.softplus((model.pointer["k"](h) * q[..., None, :]).sum(-1) / math.sqrt(h.shape[-1]))
+
+
+def candidate_scores(
+    model: Reader, cat: Catalogue, b: Batch, hs: torch.Tensor, pointer_scale: float = 1.0
+) -> torch.Tensor:
+    """Scores [B, C] from the last hidden states ``hs`` [B, T, d] of ``b``, as :meth:`Reader.forward`:
+    ⟨W_o h_FINAL, x(c)⟩/√d, plus ``pointer_scale`` × the pointer read-out when the reader has one."""
+    h = hs[:, -1]
     c = model.items(cat, b.cand, b.cand_slot)
-    return (model.out(h)[:, None, :] * c).sum(-1) / math.sqrt(h.shape[-1])
+    out = (model.out(h)[:, None, :] * c).sum(-1) / math.sqrt(h.shape[-1])
+    if getattr(model, "pointer", None) is not None:
+        out = out + pointer_scale * model.read(hs, b)
+    return out
 
 
 def scores(model: Reader, cat: Catalogue, b: Batch, drop=None, gap: int = 0, mask=None) -> torch.Tensor:
     """Candidate scores [B, C] of ``b`` (see :func:`forward_inputs` for ``drop`` and ``gap``)."""
     emb, pos = forward_inputs(model, cat, b, drop, gap)
-    return candidate_scores(model, cat, b, final_hidden(model, emb, pos, mask))
+    return candidate_scores(model, cat, kept(b, drop), hidden(model, emb, pos, mask))
 
 
 def captured(model: Reader, cat: Catalogue, b: Batch, drop=None, gap: int = 0) -> dict[int, Captured]:
     """Every layer's post-RoPE q/k/v and attention output for prompt 0 of ``b`` (one forward pass)."""
     emb, pos = forward_inputs(model, cat, b, drop, gap)
     with torch.no_grad(), capture_attention(model.body) as layers:
-        final_hidden(model, emb[:1], pos[:1])
+        hidden(model, emb[:1], pos[:1])
     return dict(layers)
 
 
@@ -249,20 +289,46 @@ def true_gains(model: Reader, cat: Catalogue, sc: SlotContext, demos, sizes) -> 
 
 @torch.no_grad()
 def loss_with_alpha(model: Reader, cat: Catalogue, sc: SlotContext, demo, sizes, alpha: float) -> float:
-    """L_u with ``demo`` in the slot and every later token's attention weight on it scaled by ``alpha``
-    (an additive log α on those scores): α = 0 is the zero-shot prompt, α = 1 the plain one."""
+    """L_u with ``demo`` in the slot, every later token's attention weight on it scaled by ``alpha`` (an
+    additive log α on those scores) and its pointer vote scaled by ``alpha``: α = 0 is the zero-shot
+    prompt, α = 1 the plain one."""
     b = batch_of(sc, [[demo]], sizes)
     emb, pos = forward_inputs(model, cat, b)
     t, n = emb.shape[1], sizes.demo_history + 1
     m = torch.full((t, t), -math.inf, dtype=emb.dtype).triu(1)
     m[n + 1 :, 1 : n + 1] += math.log(alpha) if alpha > 0 else -math.inf
-    s = candidate_scores(model, cat, b, final_hidden(model, emb, pos, m[None, None]))
+    s = candidate_scores(model, cat, b, hidden(model, emb, pos, m[None, None]), pointer_scale=alpha)
     return float(_ce(s, b.label)[0])
 
 
-def user_state(model: Reader, cat: Catalogue, sc: SlotContext, sizes) -> fx.UserState:
-    """The zero-shot prompt's forward and backward pass of L_u: q, Attn_Z, ∂L_u/∂o and log Z_Z at every
-    position after BOS (the query block and FINAL), per layer (:class:`lrgd.demos.effect.UserState`)."""
+@dataclass
+class UserPass:
+    """The zero-shot prompt's forward and backward pass: chapter 3's :class:`lrgd.demos.effect.UserState`
+    (q, Attn_Z, ∂L_u/∂o, log Z_Z after BOS), and for the pointer read-out h_FINAL [d] and ∂L_u/∂s [C]."""
+
+    state: fx.UserState
+    h_final: torch.Tensor
+    dlds: torch.Tensor
+    cand_slot: torch.Tensor
+
+    @property
+    def loss(self) -> float:
+        return self.state.loss
+
+
+@dataclass
+class DemoPass:
+    """A demonstration's keys/values at its slot (:class:`lrgd.demos.effect.DemoState`), the last hidden
+    state at its next item [d] and that item's tag."""
+
+    state: fx.DemoState
+    h_next: torch.Tensor
+    next_slot: int
+
+
+def user_state(model: Reader, cat: Catalogue, sc: SlotContext, sizes) -> UserPass:
+    """One forward and one backward pass of L_u on the zero-shot prompt (gap of m + 1 after BOS), with q,
+    Attn_Z, ∂L_u/∂o and log Z_Z at every position after BOS (the query block and FINAL), per layer."""
     b = batch_of(sc, [[]], sizes)
     emb, pos = forward_inputs(model, cat, b, gap=sizes.demo_history + 1)
     flags = [p.requires_grad for p in model.parameters()]
@@ -270,7 +336,10 @@ def user_state(model: Reader, cat: Catalogue, sc: SlotContext, sizes) -> fx.User
     try:
         emb = emb.detach().requires_grad_(True)
         with torch.enable_grad(), capture_attention(model.body, keep_graph=True) as layers:
-            loss = _ce(candidate_scores(model, cat, b, final_hidden(model, emb, pos)), b.label)[0]
+            hs = hidden(model, emb, pos)
+            s = candidate_scores(model, cat, b, hs)
+            s.retain_grad()
+            loss = _ce(s, b.label)[0]
             loss.backward()
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
@@ -280,34 +349,54 @@ def user_state(model: Reader, cat: Catalogue, sc: SlotContext, sizes) -> fx.User
     q, out, grad, log_z, scaling = [], [], [], [], []
     for li in sorted(layers):
         cap = layers[li]
-        s = torch.einsum("hpd,htd->hpt", cap.q[:, index].to(f64), cap.k.to(f64)) * cap.scaling
-        causal = torch.arange(s.shape[-1])[None, :] <= index[:, None]
-        log_z.append(torch.logsumexp(s.masked_fill(~causal, -math.inf), dim=-1))
-        q.append(cap.q[:, index].to(f64))
+        qi = cap.q[:, index].to(f64)
+        sc_ = torch.einsum("hpd,htd->hpt", qi, cap.k.to(f64)) * cap.scaling
+        causal = torch.arange(sc_.shape[-1])[None, :] <= index[:, None]
+        log_z.append(torch.logsumexp(sc_.masked_fill(~causal, -math.inf), dim=-1))
+        q.append(qi)
         out.append(cap.out[index].transpose(0, 1).to(f64))
         grad.append(cap.live_out.grad[0, index].transpose(0, 1).to(f64))
         scaling.append(cap.scaling)
-    return fx.UserState(q, out, grad, log_z, scaling, float(loss.detach()))
+    state = fx.UserState(q, out, grad, log_z, scaling, float(loss.detach()))
+    return UserPass(state, hs[0, -1].detach(), s.grad[0].double(), b.cand_slot[0])
 
 
-def demo_state(model: Reader, cat: Catalogue, sc: SlotContext, demo, sizes) -> fx.DemoState:
-    """The demonstration's keys and values at its slot, per layer: one forward pass of BOS + D (causal:
-    D's states in any prompt are these)."""
+@torch.no_grad()
+def demo_state(model: Reader, cat: Catalogue, sc: SlotContext, demo, sizes) -> DemoPass:
+    """The demonstration's keys and values at its slot per layer and its last hidden state at its next
+    item: one forward pass of BOS + D (causal: D's states in any prompt are these)."""
     b = batch_of(sc, [[demo]], sizes)
     n = sizes.demo_history + 1
     emb, pos = forward_inputs(model, cat, b)
-    with torch.no_grad(), capture_attention(model.body) as layers:
-        final_hidden(model, emb[:, : n + 1], pos[:, : n + 1])
+    with capture_attention(model.body) as layers:
+        hs = hidden(model, emb[:, : n + 1], pos[:, : n + 1])
     order = sorted(layers)
-    return fx.DemoState([layers[i].k[:, 1:] for i in order], [layers[i].v[:, 1:] for i in order])
+    state = fx.DemoState([layers[i].k[:, 1:] for i in order], [layers[i].v[:, 1:] for i in order])
+    return DemoPass(state, hs[0, -1], sc.slots[int(demo[1])])
+
+
+@torch.no_grad()
+def pointer_effect(model: Reader, up: UserPass, dps: Sequence[DemoPass]) -> np.ndarray:
+    """−⟨∂L_u/∂s, Δs⟩ for each demonstration's pointer vote Δs_c = a_D · [tag of D's next item = tag of c]
+    with h_FINAL of the zero-shot prompt [M] (zero without a pointer read-out). The vote is linear in the
+    α of :func:`loss_with_alpha`, so this term is the same for both rates."""
+    if getattr(model, "pointer", None) is None:
+        return np.zeros(len(dps))
+    a = pointer_weight(model, up.h_final, torch.stack([d.h_next for d in dps])).double()  # [M]
+    same = torch.tensor([[float(d.next_slot == int(c)) for c in up.cand_slot] for d in dps], dtype=a.dtype)
+    return (-(a[:, None] * same * up.dlds[None, :]).sum(-1)).numpy()
 
 
 def effects(model: Reader, cat: Catalogue, sc: SlotContext, demos, sizes, rates=fx.RATES) -> dict:
-    """Effect_D of each demonstration for this context [M] per rate (:func:`lrgd.demos.effect.effect_matrix`):
-    one forward + backward pass of the zero-shot prompt and one short pass per demonstration."""
-    us = user_state(model, cat, sc, sizes)
-    ds = [demo_state(model, cat, sc, d, sizes) for d in demos]
-    return {r: fx.effect_matrix(ds, [us], rate=r)[:, 0].numpy() for r in rates}
+    """Effect_D of each demonstration for this context [M] per rate: chapter 3's attention term
+    −Σ ⟨Δo_D, ∂L_u/∂o⟩ (:func:`lrgd.demos.effect.effect_matrix`) plus the pointer vote's term
+    (:func:`pointer_effect`). One forward + backward pass of the zero-shot prompt and one short pass per
+    demonstration."""
+    up = user_state(model, cat, sc, sizes)
+    dps = [demo_state(model, cat, sc, d, sizes) for d in demos]
+    ptr = pointer_effect(model, up, dps)
+    states = [d.state for d in dps]
+    return {r: fx.effect_matrix(states, [up.state], rate=r)[:, 0].numpy() + ptr for r in rates}
 
 
 # ----------------------------------------------------------------------------- the dataset side
@@ -439,18 +528,31 @@ def user_prompt(ctx: ReaderContext, user: str, kind: str = "transition", k: int 
 # ----------------------------------------------------------------------------- 2. demonstration share
 
 
+@torch.no_grad()
+def vote_weights(model: Reader, cat: Catalogue, b: Batch) -> np.ndarray:
+    """The pointer read-out's weight a_j of each demonstration's next item in prompt 0 of ``b`` [k]
+    (empty without a pointer read-out)."""
+    if getattr(model, "pointer", None) is None:
+        return np.zeros(0)
+    emb, pos = forward_inputs(model, cat, b)
+    hs = hidden(model, emb[:1], pos[:1])[0]
+    return pointer_weight(model, hs[-1], hs)[b.role[0] == ROLES["next"]].numpy()
+
+
 def demo_share(ctx: ReaderContext, users: Sequence[str], k: int = 4, n_boot: int = 2000):
     """η = Z_D/Z at FINAL per layer and head for transition, random and corrupted demonstrations (the
-    same k for all) on ``users``, with bootstrap CIs over users and the paired differences.
+    same k for all) on ``users``, with bootstrap CIs over users and the paired differences; with a
+    pointer read-out also its mean vote weight a_j per demonstration (:func:`vote_weights`).
 
-    Returns a tidy DataFrame (layer, head, quantity, mean, lo, hi); layer = head = "all" is the mean over
-    heads. ``attrs``: ``fallback`` (transition demonstrations filled in at random), ``max_identity_error``.
+    Returns a tidy DataFrame (layer, head, quantity, mean, lo, hi): layer = head = "all" is the mean of η
+    over heads, layer = "pointer" the vote weight. ``attrs``: ``fallback`` (transition demonstrations
+    filled in at random), ``max_identity_error`` (the rebuild's, an identity).
     """
     import pandas as pd
 
     from lrgd.metrics import bootstrap_ci
 
-    eta: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
+    per: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
     fallback, worst = 0, 0.0
     for u in users:
         for kind in KINDS:
@@ -459,31 +561,49 @@ def demo_share(ctx: ReaderContext, users: Sequence[str], k: int = 4, n_boot: int
             b = batch_of(testing_context(ctx, u, demos), [demos], ctx.sizes)
             df = rebuild(ctx.model, ctx.cat, b)
             worst = max(worst, float(df["identity_error"].max()))
-            eta[kind].append(df["share"].to_numpy())
-    x = {kind: np.stack(v) for kind, v in eta.items()}  # [users, L·H]
+            eta = df["share"].to_numpy()
+            a = vote_weights(ctx.model, ctx.cat, b)
+            per[kind].append(np.concatenate([eta, [eta.mean()], [a.mean()] if len(a) else []]))
+    x = {kind: np.stack(v) for kind, v in per.items()}  # [users, L·H + 1 (+ 1)]
     x["transition − random"] = x["transition"] - x["random"]
     x["transition − corrupted"] = x["transition"] - x["corrupted"]
     heads = ctx.model.body.config.num_attention_heads
+    n_eta = len(df)
+    where = [divmod(j, heads) for j in range(n_eta)] + [("all", "all"), ("pointer", "vote a")]
     rows = []
     for q, v in x.items():
-        v = np.concatenate([v, v.mean(1, keepdims=True)], axis=1)
         mean, lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=ctx.seed)
         for j in range(v.shape[1]):
-            where = divmod(j, heads) if j < v.shape[1] - 1 else ("all", "all")
-            rows.append({"layer": where[0], "head": where[1], "quantity": q,
+            rows.append({"layer": where[j][0], "head": where[j][1], "quantity": q,
                          "mean": mean[j], "lo": lo[j], "hi": hi[j]})  # fmt: skip
     out = pd.DataFrame(rows)
     out.attrs.update(fallback=fallback, demos=k * len(users), users=len(users), max_identity_error=worst)
     return out
 
 
-def delta_o_table(ctx: ReaderContext, users: Sequence[str], k: int = 2, kind: str = "transition"):
+def float64(model: Reader, cat: Catalogue) -> tuple[Reader, Catalogue]:
+    """Float64 copies of the reader and of the catalogue arrays it reads."""
+    import copy
+
+    cat64 = replace(cat, title=cat.title.astype(np.float64), feats=cat.feats.astype(np.float64))
+    return copy.deepcopy(model).double().eval(), cat64
+
+
+def delta_o_table(
+    ctx: ReaderContext, users: Sequence[str], k: int = 2, kind: str = "transition", dtype=torch.float64
+):
     """Chapter 1's Δo study on ``users``' test prompts with ``k`` demonstrations of ``kind``: the summary
     of :func:`lrgd.dual.equivalence.delta_o_summary` (mean, CI over prompts, per layer), its stacked
-    arrays and the largest decomposition and rebuild errors (identities)."""
+    arrays and the largest decomposition and rebuild errors (identities).
+
+    By default the reader runs in float64 (:func:`float64`): Δo is a difference of two nearly equal
+    outputs, and in heads that give the demonstrations a share η of 1e-5 it is below float32's resolution,
+    which would turn its cosines and ratios into rounding noise."""
     from lrgd.dual.equivalence import PREDICTORS, RATIOS, delta_o_summary, stack_studies
 
-    studies = [delta_o(ctx.model, ctx.cat, user_prompt(ctx, u, kind, k), seed=i) for i, u in enumerate(users)]
+    model, cat = float64(ctx.model, ctx.cat) if dtype == torch.float64 else (ctx.model, ctx.cat)
+    prompts = [user_prompt(ctx, u, kind, k) for u in users]
+    studies = [delta_o(model, cat, b, seed=i) for i, b in enumerate(prompts)]
     stack = stack_studies(studies)
     table = delta_o_summary(stack, {**PREDICTORS, **RATIOS}, seed=ctx.seed, per_layer=True)
     errors = {
