@@ -242,10 +242,10 @@ class CeilingSizes:
     (popularity breaks ties), per dataset and selector, on chapter 2's candidate protocol."""
 
     datasets: tuple[str, ...] = _ALL_DATASETS
-    selectors: tuple[str, ...] = ("random", "recent", "similarity", "popular")
+    selectors: tuple[str, ...] = ("recent", "random", "popular")  # similarity (MiniLM per user): full only
     ks: tuple[int, ...] = (1, 4, 16, 64)
     n_users: int | None = 200  # test users per dataset (None: all)
-    n_valid_users: int | None = 200  # validation users (where a best k / selector is chosen)
+    n_valid_users: int | None = 100  # validation users (where a best k / selector is chosen)
 
     def validate(self) -> CeilingSizes:
         if not self.ks or min(self.ks) < 1:
@@ -292,7 +292,7 @@ class ReaderSizes:
     threads: int = 2
     eval_ks: tuple[int, ...] = (1, 4, 16, 64)  # demonstrations at evaluation (k = 0 always runs)
     eval_datasets: tuple[str, ...] = ("ml-100k", "amazon-games")  # a training and a held-out catalogue
-    eval_selectors: tuple[str, ...] = ("recent", "similarity", "random")
+    eval_selectors: tuple[str, ...] = ("recent", "random")  # similarity at full
     models: tuple[str, ...] = ("trained:reader-anon",)  # the designs trained and compared in chapter 2b
     n_users: int | None = 200  # evaluated users per dataset
 
@@ -375,6 +375,8 @@ class Profile:
         return replace(sec, **overrides).validate()
 
 
+_FULL_SELECTORS = ("recent", "similarity", "random", "popular")  # chapter 2b's ceiling at full and gpu
+_FULL_KS = (1, 2, 4, 8, 16, 32, 64)
 _FULL_FEATURES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _PROFILES = {
     "ci": Profile("ci"),
@@ -389,9 +391,11 @@ _PROFILES = {
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
                        curve_users=500, bias_users=200, generate_users=50),
         effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
-        ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=1000, n_valid_users=500),
+        ceiling=CeilingSizes(selectors=_FULL_SELECTORS, ks=_FULL_KS,
+                             n_users=1000, n_valid_users=500),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
-                           steps=12000, batch=64, n_users=1000, eval_ks=(1, 2, 4, 8, 16, 32, 64),
+                           steps=12000, batch=64, n_users=1000, eval_ks=_FULL_KS,
+                           eval_selectors=("recent", "similarity", "random"),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
@@ -408,10 +412,12 @@ _PROFILES = {
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
                        curve_ks=(0, 1, 2, 4, 8), curve_users=5000, bias_users=2000, generate_users=500),
         effect=EffectSizes(n_demos=50, n_users=50, testbed_queries=2000, testbed_pool=64, select_pool=300),
-        ceiling=CeilingSizes(ks=(1, 2, 4, 8, 16, 32, 64), n_users=None, n_valid_users=1000),
+        ceiling=CeilingSizes(selectors=_FULL_SELECTORS, ks=_FULL_KS,
+                             n_users=None, n_valid_users=1000),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
                            hidden=256, layers=4, heads=8, intermediate=768, steps=50000, batch=128,
-                           n_users=None, eval_ks=(1, 2, 4, 8, 16, 32, 64),
+                           n_users=None, eval_ks=_FULL_KS,
+                           eval_selectors=("recent", "similarity", "random"),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
