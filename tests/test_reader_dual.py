@@ -244,7 +244,7 @@ def test_reader_effect_selector_through_the_runner(runner, monkeypatch) -> None:
     monkeypatch.setattr(runner, "trained", lambda name: R.Trained(model, None, {}))
     monkeypatch.setattr(runner, "model_source", lambda name: ("tiny.pt", "tiny"))
     monkeypatch.setattr(runner, "reader_sizes", lambda name: TINY)
-    cfg = EvalConfig(DATASET, "reader-effect", k=2, n_users=3, model="trained:reader-anon",
+    cfg = EvalConfig(DATASET, "reader-effect", k=2, n_users=3, model="trained:reader-anon", guard="own",
                      params={"effect_pool": 6})  # fmt: skip
     res = runner.run(cfg.validate())
     recs = runner.records(cfg)

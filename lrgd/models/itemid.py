@@ -68,8 +68,8 @@ from lrgd.results import code_hash, content_key, save_torch
 VALID_USERS = 5000
 #: windows sorted by length inside each chunk of this many batches (less padding, still shuffled)
 SORT_CHUNK = 50
-#: uniform negatives per batch of the sampled softmax (the profile's ``itemid.negatives`` when it has one)
-NEGATIVES = getattr(ItemIdSizes, "negatives", 256)
+#: uniform negatives per batch of the sampled softmax (the profile's ``itemid.negatives``)
+NEGATIVES = ItemIdSizes.negatives
 
 
 # ----------------------------------------------------------------------------- the training spec
@@ -500,10 +500,10 @@ class ItemIdReference:
     itemid_batch: int = field(default=ItemIdSizes.batch, metadata=_help("windows per batch"))
     itemid_lr: float = field(default=ItemIdSizes.lr, metadata=_help("Adam learning rate"))
     itemid_negatives: int = field(default=NEGATIVES, metadata=_help("sampled negatives (0: full softmax)"))
-    #: every field takes the profile's ``itemid`` value where the section has one
+    #: every field takes the profile's ``itemid`` value
     profile_defaults: ClassVar[dict[str, str]] = {
         f"itemid_{n}": f"itemid.{n}" for n in ("hidden", "layers", "heads", "max_len", "dropout", "epochs",
-                                               "batch", "lr", "negatives") if hasattr(ItemIdSizes, n)
+                                               "batch", "lr", "negatives")
     }  # fmt: skip
 
     def spec(self, dataset: str, seed: int = 0) -> Spec:

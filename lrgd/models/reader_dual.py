@@ -414,15 +414,16 @@ class ReaderContext:
     seed: int = 0
     history_len: int = 10
     n_candidates: int = 20
+    guard: str = "own"  # what demonstrations may not show (lrgd.rec.select.GUARDS); the readers' is "own"
 
     @property
     def cat(self) -> Catalogue:
-        return self.runner.catalogue(self.dataset)
+        return self.runner.catalogue(self.dataset, self.sizes.titles)
 
     def cfg(self, method: str, k: int, split: str = "test", **params):
         from lrgd.rec.conditions import EvalConfig
 
-        return EvalConfig(self.dataset, method, k=k, split=split, model=self.model_name,
+        return EvalConfig(self.dataset, method, k=k, split=split, model=self.model_name, guard=self.guard,
                           n_candidates=self.n_candidates, history_len=self.history_len, seed=self.seed,
                           params=params)  # fmt: skip
 
@@ -768,9 +769,9 @@ class ReaderEffectSelector:
                 "use --model trained:reader or trained:reader-anon"
             )
         ctx = replace(context(runner, cfg.dataset, cfg.model, seed=cfg.seed), history_len=cfg.history_len,
-                      n_candidates=cfg.n_candidates)  # fmt: skip
+                      n_candidates=cfg.n_candidates, guard=cfg.guard)  # fmt: skip
         key = ("reader-effect", cfg.dataset, cfg.model, runner.model_source(cfg.model)[1], cfg.history_len,
-               cfg.seed, cfg.n_candidates, self.effect_pool, self.effect_rate, user)  # fmt: skip
+               cfg.seed, cfg.n_candidates, cfg.guard, self.effect_pool, self.effect_rate, user)  # fmt: skip
         order, scores_ = runner.memo(key, lambda: self.ranking(ctx, user))
         sel = runner.pool(cfg).take(user, k, iter(order), fill_random=True)
         chosen = dict(zip(order, scores_, strict=True))
@@ -797,7 +798,7 @@ def selection_table(
     from lrgd.rec.conditions import EvalConfig
 
     def per_user(method: str, kk: int, p=()) -> tuple[np.ndarray, dict]:
-        cfg = EvalConfig(dataset, method, k=kk, n_users=n_users, model=model_name, params=p)
+        cfg = EvalConfig(dataset, method, k=kk, n_users=n_users, model=model_name, guard="own", params=p)
         res = runner.run(cfg)
         return per_user_metrics(res["ranks"]["score"])[metric], res
 
