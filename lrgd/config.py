@@ -243,7 +243,7 @@ class CeilingSizes:
 
     datasets: tuple[str, ...] = _ALL_DATASETS
     selectors: tuple[str, ...] = ("recent", "random", "popular")  # similarity (MiniLM per user): full only
-    ks: tuple[int, ...] = (1, 4, 16, 64)
+    ks: tuple[int, ...] = (4, 16, 64)
     n_users: int | None = 200  # test users per dataset (None: all)
     n_valid_users: int | None = 100  # validation users (where a best k / selector is chosen)
 
@@ -290,11 +290,11 @@ class ReaderSizes:
     weight_decay: float = 0.01
     checkpoint_every: int = 250  # steps between resumable checkpoints
     threads: int = 2
-    eval_ks: tuple[int, ...] = (1, 4, 16, 64)  # demonstrations at evaluation (k = 0 always runs)
+    eval_ks: tuple[int, ...] = (4, 16, 64)  # demonstrations at evaluation (k = 0 always runs)
     eval_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # a training and a held-out catalogue
     eval_selectors: tuple[str, ...] = ("recent", "random")  # similarity at full
     models: tuple[str, ...] = ("trained:reader-anon",)  # the designs trained and compared in chapter 2b
-    n_users: int | None = 200  # evaluated users per dataset
+    n_users: int | None = 500  # evaluated users per dataset (the reader scores a user in one pass)
 
     def validate(self) -> ReaderSizes:
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
