@@ -294,6 +294,8 @@ class ReaderSizes:
     eval_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # a training and a held-out catalogue
     eval_selectors: tuple[str, ...] = ("recent", "random")  # similarity at full
     models: tuple[str, ...] = ("trained:reader-anon",)  # the designs trained and compared in chapter 2b
+    dual_users: int = 40  # held-out users of the dual view and the Effect_D study (§2b.5)
+    dual_demos: int = 30  # candidate demonstrations per user in the Effect_D study
     n_users: int | None = 500  # evaluated users per dataset (the reader scores a user in one pass)
 
     def validate(self) -> ReaderSizes:
@@ -396,6 +398,7 @@ _PROFILES = {
                              n_users=1000, n_valid_users=500),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
                            steps=12000, batch=64, n_users=1000, eval_ks=_FULL_KS,
+                           dual_users=200, dual_demos=50,
                            eval_selectors=("recent", "similarity", "random"),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),

@@ -43,7 +43,7 @@ from IPython.display import Markdown, display
 
 from lrgd.checks import Checks
 from lrgd.config import get_profile, resolve_device, results_dir
-from lrgd.metrics import format_p
+from lrgd.metrics import format_p, holm
 from lrgd.models import reader_report as rr
 from lrgd.provenance import Provenance
 from lrgd.rec import ceiling, report
@@ -249,23 +249,112 @@ show(g[cols].set_index(["dataset", "selector", "k"]), "gain",
      f"{main}: NDCG@10 and its paired gain over its own k = 0 [95% CI], Holm over the table; "
      f"{RD.n_users} users per dataset; share = gain / vote gain", formats={"p (Holm)": format_p})  # fmt: skip
 
+# %% [markdown]
+# The table reads many cells on the same test users, so its largest gain is optimistic. The test that
+# counts picks one selector and $k$ per dataset on **validation** users (largest gain there), then reads
+# that cell's test gain, Holm-adjusted over the datasets:
+
+# %%
+valid_gain = rr.gain_table(runner, main, RD.eval_datasets, RD.eval_selectors, RD.eval_ks, RD.n_users, seed,
+                           split="valid")  # fmt: skip
+pick = valid_gain.loc[valid_gain.groupby("dataset")["gain"].idxmax()].set_index("dataset")
+picked = pd.DataFrame([g[(g["dataset"] == d) & (g["selector"] == p["selector"]) & (g["k"] == p["k"])].iloc[0]
+                       for d, p in pick.iterrows()]).set_index("dataset")  # fmt: skip
+picked["p (Holm)"] = holm(picked["p"].to_numpy(dtype=float))
+cols = ["selector", "k", "gain", "gain lo", "gain hi", "p (Holm)", "vote gain", "share"]
+show(picked[cols], "picked", f"{main}: test gain of the (selector, k) chosen on validation users",
+     formats={"p (Holm)": format_p})  # fmt: skip
+
 # %% tags=["remove-input"]
-sig = g[g["gain lo"] > 0]
-top = g.loc[g["gain"].idxmax()]
 held = [d for d in RD.eval_datasets if d not in RD.train_datasets]
-text = (
-    f"The reader's gain from demonstrations has an interval above zero in {len(sig)} of {len(g)} cells; the "
-    f"largest is {top['gain']:+.3f} [{top['gain lo']:+.3f}, {top['gain hi']:+.3f}] on {top['dataset']} "
-    f"({top['selector']}, k = {top['k']}), where the vote with the same demonstrations gains "
-    f"{top['vote gain']:+.3f} over popularity."
-)
-if held:
-    h = g[g["dataset"].isin(held)]
-    text += (f" On the catalogue it never saw ({', '.join(held)}) the largest gain is {h['gain'].max():+.3f}"
-             f" (lower CI {h.loc[h['gain'].idxmax(), 'gain lo']:+.3f}).")  # fmt: skip
-display(Markdown(text))
-checks.check(f"{main}: largest in-context gain, lower CI (a gain that excludes zero)", top["gain lo"], 0.0,
-             at_least=True)  # fmt: skip
+lines = [f"- **{d}** ({'a catalogue it never saw' if d in held else 'a training catalogue, test items unseen'}):"
+         f" {report.in_words({'diff': r['gain'], 'lo': r['gain lo'], 'hi': r['gain hi']}, r['p (Holm)'], 'Holm p')}"
+         f" with {r['selector']}, k = {r['k']}; the vote with the same demonstrations gains {r['vote gain']:+.3f}"
+         f" over popularity, so the reader captures {r['share']:.0%} of that ceiling"
+         for d, r in picked.iterrows()]  # fmt: skip
+display(Markdown("The reader's in-context gain, chosen on validation users:\n\n" + "\n".join(lines)))
+best_p = picked["p (Holm)"].min()
+checks.check(f"{main}: in-context gain on held-out test items, smallest Holm p over datasets", best_p, 0.05,
+             at_least=False, fmt="{:.2g}")  # fmt: skip
+
+# %% [markdown]
+# ## 2b.5 The reader through chapter 1's dual lens, and Effect_D on it
+#
+# The reader is a Llama stack, so chapter 1's tools apply to it unchanged (`lrgd.models.reader_dual`):
+# every head's output at FINAL splits exactly into a zero-shot part (BOS, query, FINAL) and a
+# demonstration part, weighted by the demonstrations' share $\eta = Z_D/Z$ of the attention — the dual
+# model's step. Three questions, on held-out users of each evaluation catalogue: does the split rebuild
+# the heads (a sanity check of the code), do informative demonstrations (transitions) get a larger dual
+# step or a larger vote than random or corrupted ones (evidence), and does chapter 3's Effect_D —
+# computed with the reader's own ranking loss on each user's *validation* item — predict a demonstration's
+# true gain on the *test* item?
+
+# %%
+from lrgd.models import reader_dual as rdual
+
+ctxs = {d: rdual.context(runner, d, main, seed=seed) for d in RD.eval_datasets}
+dual_users = {d: rdual.heldout_users(c, RD.dual_users) for d, c in ctxs.items()}
+shares = {d: rdual.demo_share(c, dual_users[d], k=4, n_boot=prof.eval.n_boot) for d, c in ctxs.items()}
+worst = max(sh.attrs["max_identity_error"] for sh in shares.values())
+checks.check("reader: per-head rebuild at FINAL from the Z/D split, max relative error (fp32)", worst, 1e-5,
+             kind="identity")  # fmt: skip
+rows = {}
+for d, sh in shares.items():
+    for _, r in sh[sh["layer"].isin(["all", "pointer"])].iterrows():
+        what = "η = Z_D/Z, mean over heads" if r["layer"] == "all" else "pointer vote weight a_j"
+        rows.setdefault((d, what), {})[r["quantity"]] = f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+show(pd.DataFrame(rows).T, "share",
+     f"k = 4 demonstrations of each kind, mean [95% CI] over {RD.dual_users} held-out users per dataset")  # fmt: skip
+
+# %%
+delta = {}
+for d, c in ctxs.items():
+    table, _, errors = rdual.delta_o_table(c, dual_users[d][:10], k=2)
+    delta[d] = table
+    checks.check(f"{d}: Δo = indirect + direct step, max relative gap (float64)", errors["decomposition_error"],
+                 1e-9, kind="identity")  # fmt: skip
+show(pd.concat(delta, names=["dataset", "quantity"]), "delta-o",
+     "Δo at FINAL (with − without the demonstrations, positions kept), 10 prompts per dataset, k = 2")  # fmt: skip
+
+# %% [markdown]
+# **Effect_D on the reader.** For each held-out user, a pool of candidate demonstrations (a third
+# transitions, a third random, a third corrupted) is scored by Effect_D (chapter 3's first-order formula,
+# with the pointer's vote as a second path) on the user's validation item, and each is inserted alone to
+# measure its exact gain on the validation item and on the test item.
+
+# %%
+studies = {d: rdual.effect_study(c, dual_users[d], RD.dual_demos) for d, c in ctxs.items()}
+corr = pd.concat({d: rdual.effect_correlations(st, n_boot=1000, seed=seed) for d, st in studies.items()})
+show(corr, "effect-rho", f"Spearman ρ [95% CI], {RD.dual_users} users × {RD.dual_demos} demonstrations each")
+kinds = pd.concat({d: rdual.gain_by_kind(st, seed=seed) for d, st in studies.items()})
+show(kinds, "effect-kind", "mean single-demonstration gain (nats) and Effect_D per kind [95% CI over users]")
+first = corr.xs("Effect_D (secant) → validation gain (first-order accuracy)", level=1)["pooled lo"].min()
+checks.check("reader: Effect_D predicts the exact validation gain (pooled ρ, lower CI, worst dataset)", first,
+             0.5, at_least=True, fmt="{:.2f}", tfmt="{:.1f}")  # fmt: skip
+
+# %% [markdown]
+# **Selecting by Effect_D.** The `reader-effect` selector keeps each user's $k$ demonstrations with the
+# largest Effect_D on the validation item; its test NDCG@10 against the other selectors at the same $k$
+# and against zero-shot (paired differences, same users):
+
+# %%
+sel = pd.concat({d: rdual.selection_table(runner, d, main, k=4, n_users=RD.dual_users, others=RD.eval_selectors)
+                 for d in RD.eval_datasets})  # fmt: skip
+show(sel, "effect-select", f"test NDCG@10 [95% CI] and reader-effect − row, {RD.dual_users} users per dataset",
+     formats={"p": format_p})  # fmt: skip
+
+# %% tags=["remove-input"]
+rho_test = corr.xs("Effect_D (secant) → test gain", level=1)
+rho_vv = corr.xs("validation true gain → test gain (exact, validation only)", level=1)
+display(Markdown(
+    "Effect_D's pooled ρ with the *test* gain: "
+    + ", ".join(f"{d} {r['pooled ρ']:+.2f} [{r['pooled lo']:+.2f}, {r['pooled hi']:+.2f}]" for d, r in rho_test.iterrows())
+    + "; the exact validation gain's ρ with the test gain: "
+    + ", ".join(f"{d} {r['pooled ρ']:+.2f} [{r['pooled lo']:+.2f}, {r['pooled hi']:+.2f}]" for d, r in rho_vv.iterrows())
+    + ". Where the second is near zero, no validation-item criterion — first-order or exact — can rank"
+    " demonstrations by their test gain: the limit is the transfer from one item to the next, not the"
+    " approximation."
+))  # fmt: skip
 
 # %% [markdown]
 # ## 2b.6 One table: every recommender on the same users and candidates
@@ -276,9 +365,6 @@ checks.check(f"{main}: largest in-context gain, lower CI (a gain that excludes z
 
 # %%
 P2 = prof.eval
-valid_gain = rr.gain_table(runner, main, RD.eval_datasets, RD.eval_selectors, RD.eval_ks, C.n_valid_users,
-                           seed, split="valid")  # fmt: skip
-pick = valid_gain.loc[valid_gain.groupby("dataset")["gain"].idxmax()].set_index("dataset")
 vote_pick = chosen_vote.set_index("dataset")
 variant = runner.validation_variant(model, seed)[0]
 
