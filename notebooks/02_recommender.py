@@ -138,7 +138,9 @@ show(stats, "stats", "dataset statistics, computed by the loaders", formats=form
 # a base model (Gemma-3-270m) gets the plain text. A candidate is scored as the assistant's answer: the
 # summed log-probability of its title tokens. The candidates are **not** listed in the prompt (that is a
 # variant, tested in §2.6). Demonstrations come from other users' *training* sequences; a leakage guard
-# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.rec.leakage`). The
+# refuses any demonstration that shows the evaluated user's held-out items (`lrgd.rec.leakage`). That
+# guard also refuses every other user's transition *into* the target, so here no demonstration can point
+# at the target; chapter 2b measures what demonstrations can add without that restriction. The
 # prompt below is the one the runner scores (`runner.user_prompt`, fitted to the model's context window),
 # for a test user of Amazon Games with $k = 2$ random demonstrations:
 
