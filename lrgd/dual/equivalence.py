@@ -100,6 +100,21 @@ def delta_o_study(
         placebo = placebo_mask(prompt, int(demo.sum()))
     elif (placebo & demo).any():
         raise ConfigError("the placebo span overlaps the demonstrations; choose a span outside them")
+    return compare_captures(with_layers, without_layers, demo, placebo, seed)
+
+
+def compare_captures(
+    with_layers: dict[int, Captured],
+    without_layers: dict[int, Captured],
+    demo: torch.Tensor,
+    placebo: torch.Tensor,
+    seed: int = 0,
+) -> DeltaOStudy:
+    """The Δo study of one prompt from its captures with and without the demonstrations (positions kept):
+    per layer and head at the final position, Δo against the softmax-aware step, the softmax-free
+    ΔW_ICL q, the same formula on the ``placebo`` span and a random direction (seeded); the indirect and
+    direct ratios, η, and the rebuild and decomposition errors (identities). Works for any model whose
+    attention :func:`lrgd.llm.capture_attention` records (token ids or input embeddings)."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in DeltaOStudy.__dataclass_fields__}
     dec_err, dec_scale = 0.0, 0.0

@@ -43,8 +43,7 @@ import torch
 from torch import nn
 
 from lrgd.demos import effect as fx
-from lrgd.dual.algebra import cosine, heads_linear_update, relative_error
-from lrgd.dual.equivalence import DeltaOStudy, rebuild_errors, split_at
+from lrgd.dual.equivalence import DeltaOStudy, compare_captures, rebuild_errors
 from lrgd.errors import ConfigError, DataError
 from lrgd.llm import Captured, capture_attention
 from lrgd.models.reader import ROLES, Batch, Catalogue, Reader, assign_slots, collate, encode, user_split
@@ -207,30 +206,7 @@ def delta_o(model: Reader, cat: Catalogue, b: Batch, seed: int = 0, placebo=None
     placebo = placebo_mask(demo) if placebo is None else placebo
     if (placebo & demo).any():
         raise ConfigError("the placebo span overlaps the demonstrations; choose a span outside them")
-    with_l, without_l = captured(model, cat, b), captured(model, cat, b, drop=demo)
-    gen = torch.Generator().manual_seed(seed)
-    f64 = torch.float64
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in DeltaOStudy.__dataclass_fields__}
-    dec_err, dec_scale = 0.0, 0.0
-    for li in sorted(with_l):
-        cap = with_l[li]
-        sp = split_at(cap, demo)
-        o_with, o_without = cap.out[-1].to(f64), without_l[li].out[-1].to(f64)
-        delta, direct, indirect = o_with - o_without, sp.update, sp.out_z - o_without
-        lin = heads_linear_update(cap.q[:, -1].to(f64), cap.k.to(f64), cap.v.to(f64), demo)
-        norm = delta.norm(dim=-1).clamp_min(1e-300)
-        out["cos_linear"].append(cosine(delta, lin))
-        out["cos_softmax"].append(cosine(delta, direct))
-        out["cos_placebo"].append(cosine(delta, split_at(cap, placebo).update))
-        out["cos_random"].append(cosine(delta, torch.randn(delta.shape, generator=gen, dtype=f64)))
-        out["indirect_ratio"].append(indirect.norm(dim=-1) / norm)
-        out["direct_ratio"].append(direct.norm(dim=-1) / norm)
-        out["share"].append(sp.share)
-        out["rebuild_error"].append(relative_error(sp.combined(), o_with))
-        dec_err = max(dec_err, float((delta - indirect - direct).abs().max()))
-        dec_scale = max(dec_scale, float(delta.abs().max()))
-    arrays = {k: torch.stack(v) for k, v in out.items() if v}
-    return DeltaOStudy(**arrays, decomposition_error=dec_err / max(dec_scale, 1e-300))
+    return compare_captures(captured(model, cat, b), captured(model, cat, b, drop=demo), demo, placebo, seed)
 
 
 # ----------------------------------------------------------------------------- one user's prompts
