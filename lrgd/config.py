@@ -289,7 +289,7 @@ class ReaderSizes:
     warmup: int = 100
     weight_decay: float = 0.01
     checkpoint_every: int = 250  # steps between resumable checkpoints
-    threads: int = 2
+    threads: int = 1  # torch threads while training; one was faster than two on 2 shared cores (benchmarks)
     eval_ks: tuple[int, ...] = (4, 16, 64)  # demonstrations at evaluation (k = 0 always runs)
     eval_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")  # a training and a held-out catalogue
     eval_selectors: tuple[str, ...] = ("recent", "random")  # similarity at full
