@@ -37,6 +37,8 @@ model = "smollm2-135m"  # the LLM of chapter 2 whose runs are compared with the 
 seed = 0
 
 # %% tags=["hide-input"]
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
@@ -381,9 +383,10 @@ display(Markdown(
     + ", ".join(f"{d} {r['pooled ρ']:+.2f} [{r['pooled lo']:+.2f}, {r['pooled hi']:+.2f}]" for d, r in rho_test.iterrows())
     + "; the exact validation gain's ρ with the test gain: "
     + ", ".join(f"{d} {r['pooled ρ']:+.2f} [{r['pooled lo']:+.2f}, {r['pooled hi']:+.2f}]" for d, r in rho_vv.iterrows())
-    + ". Where the second is near zero, no validation-item criterion — first-order or exact — can rank"
-    " demonstrations by their test gain: the limit is the transfer from one item to the next, not the"
-    " approximation."
+    + ". A first-order estimate cannot rank demonstrations better than the exact validation gain it"
+    " approximates; where that gain does not rank them by their test gain (a ρ near zero or below), choosing"
+    " demonstrations on the validation item cannot pick the ones that help on the test item — the limit is"
+    " the transfer from one item to the next, not the approximation."
 ))  # fmt: skip
 
 # %% [markdown]
@@ -439,11 +442,13 @@ show(pd.DataFrame(cells), "summary", f"mean [95% CI] over {n2} test users per da
 # %%
 display(checks.table())
 checks.assert_all()
+rows_of = lambda df: json.loads(df.round(5).to_json(orient="records"))  # noqa: E731  (NaN → null)
 out = {
     "checks": checks.as_dict(),
-    "ceiling": grid.round(5).to_dict(orient="records"),
-    "llm_capture": cap.round(5).to_dict(orient="records"),
-    "reader_gain": {name: df.round(5).to_dict(orient="records") for name, df in gains.items()},
+    "ceiling": rows_of(grid),
+    "llm_capture": rows_of(cap),
+    "reader_gain": {name: rows_of(df) for name, df in gains.items()},
+    "reader_picked": rows_of(picked.reset_index()),
     "provenance": prov.finish().as_dict(),
 }
 path = write_json(results_dir(profile) / "02b_ceiling.json", out)
