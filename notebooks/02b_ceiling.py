@@ -152,14 +152,16 @@ show(ceiling.capture_text(cap), "capture",
      f"paired ΔNDCG@10 [95% CI], p; {model}, chapter 2's users and score variant")  # fmt: skip
 
 # %% tags=["remove-input"]
-neg = (cap["LLM gain"] < 0).sum()
-display(Markdown(
-    f"In {neg} of {len(cap)} rows the LLM's gain is below zero; the vote over the demonstrations its "
-    "prompt showed never favours the target (chapter 2's guard refused every demonstration naming it), "
-    "so under that guard there was nothing to capture, and the open ceiling is what a reader could get. "
-    "Chapter 2's finding that demonstrations lower SmolLM2's accuracy is therefore a statement about "
-    "demonstrations that cannot point at the target."
-))  # fmt: skip
+neg = int((cap["LLM gain"] < 0).sum())
+text = (
+    f"In {neg} of {len(cap)} rows the LLM's gain is below zero. The vote over the demonstrations its prompt "
+    "showed never favours the target (chapter 2's guard refused every demonstration naming it), so under that "
+    "guard there was nothing to capture; the open ceiling is what a reader of the same selector's "
+    "demonstrations could get."
+)
+if neg:
+    text += " Where demonstrations lowered SmolLM2's accuracy, they were demonstrations that could not point at the target."
+display(Markdown(text))
 
 # %% [markdown]
 # ## 2b.3 What in-weights knowledge reaches: an item-id model at $k = 0$
