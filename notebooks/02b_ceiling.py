@@ -248,8 +248,10 @@ show(side, "published", f"Amazon Beauty, 100 candidates; our file: {beauty['user
 # `ci`; the curriculum alone taught reading on synthetic data but did not transfer. The `full` profile
 # trains both the anonymous and the title-reading design and reports both here.
 
+# %% tags=["hide-output", "nbval-ignore-output"]
+trained = {name: runner.trained(name) for name in RD.models}  # trained once (progress bar), then read back
+
 # %%
-trained = {name: runner.trained(name) for name in RD.models}
 for name, t in trained.items():
     log = t.log
     print(f"{name}: {len(log['loss']) * 50} steps, {log['prompts']:,} prompts, {log['tokens']:,} tokens, "
