@@ -229,7 +229,8 @@ show(side, "published", f"Amazon Beauty, 100 candidates; our file: {beauty['user
 # where $\pi$ is a random injective map from the prompt's items to 512 learned tag vectors, **drawn
 # afresh for every prompt**: inside a prompt an item always carries the same tag, across prompts the
 # tag means nothing. The prompt is BOS, $k$ demonstrations ($m = 3$ history items and the next item),
-# the user's last 10 items and a FINAL token; a 2-layer RoPE Llama reads it, and a candidate's score is
+# the user's last 10 items and a FINAL token; a small RoPE Llama (sized by the profile) reads it, and a
+# candidate's score is
 #
 # $$
 # s(c) = \tfrac{1}{\sqrt d}\langle W_o h_{\text{FINAL}}, x(c)\rangle
@@ -241,12 +242,12 @@ show(side, "published", f"Amazon Beauty, 100 candidates; our file: {beauty['user
 # It is trained on the training prefixes of the profile's training catalogues (the loss is the
 # cross-entropy of the true next item among 20 candidates; demonstrations are other users' windows:
 # transitions, random, and transitions with a corrupted next item), after a short curriculum on a
-# synthetic *successor world* where demonstrations always point at the answer. Designs tried on the way
-# (all measured on MovieLens, 400 test users, with `lrgd` at earlier commits): with title embeddings the
-# reader learns the catalogue in its weights and gains nothing from demonstrations; without titles and
-# without the pointer read-out it did not learn to read real demonstrations in the training time of
-# `ci`; the curriculum alone taught reading on synthetic data but did not transfer. The `full` profile
-# trains both the anonymous and the title-reading design and reports both here.
+# synthetic *successor world* where demonstrations always point at the answer. Two other designs were tried
+# on the way: with title embeddings the reader learns the catalogue in its weights (its $k = 0$ is strong,
+# its gain from demonstrations is not), and without the pointer read-out it did not learn to read real
+# demonstrations in the training time of `ci`. The `full` profile trains all three designs
+# (`trained:reader-anon`, `trained:reader`, `trained:reader-anon-nopointer`) and this page then prints
+# each one's numbers.
 
 # %% tags=["hide-output", "nbval-ignore-output"]
 trained = {name: runner.trained(name) for name in RD.models}  # trained once (progress bar), then read back
