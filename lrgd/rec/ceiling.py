@@ -146,7 +146,8 @@ def ceiling_grid(
     """
     sizes = (sizes or runner.profile.ceiling).validate()
     rows, pops = [], {}
-    for cfg in progress(grid_configs(sizes, seed, guard, split), f"ceiling grid ({split})"):
+    configs = grid_configs(sizes, seed, guard, split)
+    for cfg in configs if runner.quiet else progress(configs, f"ceiling grid ({split})"):
         res = runner.run(cfg)
         if cfg.method == "ref-popularity":
             pops[cfg.dataset] = res
