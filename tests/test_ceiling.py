@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_rank import tiny_model_folder
-from test_select import HashEmbedder
+from test_select import runner_for as runner_on
 
 from lrgd.config import CeilingSizes
 from lrgd.errors import ConfigError
@@ -26,7 +26,7 @@ from lrgd.rec.ceiling import (
     vote_config,
 )
 from lrgd.rec.conditions import EvalConfig
-from lrgd.rec.data import Dataset, make_item, make_synthetic, write_synthetic
+from lrgd.rec.data import Dataset, make_item, make_synthetic
 from lrgd.rec.runner import Runner
 
 matplotlib.use("Agg")
@@ -55,13 +55,6 @@ def hand_dataset() -> Dataset:
     ids = sorted({i for s in HAND.values() for i in s}, key=int)
     items = {i: make_item(i, f"Film number {i}") for i in ids}
     return Dataset("hand", items, {u: list(s) for u, s in HAND.items()}, Path("<mem>"))
-
-
-def runner_on(ds: Dataset, tmp: Path) -> Runner:
-    write_synthetic(ds, tmp / "data" / "amazon-games", "amazon-games")
-    r = Runner("ci", "cpu", quiet=True, results_root=tmp / "res", data_dir=tmp / "data")
-    r._embedder = HashEmbedder()  # the similarity selector without MiniLM
-    return r
 
 
 @pytest.fixture(scope="module")
