@@ -120,6 +120,7 @@ class WorldConfig:
     n_candidates: int = 20
     kind_probs: tuple[float, float, float] = (0.6, 0.2, 0.2)  # same, other, corrupted (training prior)
     k_max: int = 6
+    n_valid_next: int = 0  # a query user's validation next items (own taste), between history and target
 
     @property
     def n_groups(self) -> int:
@@ -140,6 +141,8 @@ class WorldConfig:
             raise ConfigError(f"n_candidates={self.n_candidates} must lie in 2..n_items={self.n_items}")
         if self.history_len < 1 or self.demo_history_len < 1:
             raise ConfigError("history_len and demo_history_len must be ≥ 1")
+        if self.n_valid_next < 0:
+            raise ConfigError(f"n_valid_next={self.n_valid_next} must be ≥ 0 (0: no validation next items)")
         p = np.asarray(self.kind_probs, dtype=float)
         if p.shape != (3,) or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-9):
             raise ConfigError(f"kind_probs={self.kind_probs} must be 3 non-negative numbers summing to 1")
