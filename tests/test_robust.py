@@ -34,7 +34,7 @@ def _within_binomial(count: int, n: int, rate: float) -> bool:
 def test_rate_zero_is_the_identity(name):
     """Sanity check (an identity): rate 0 returns equal arrays, for demonstrations and queries."""
     d = _demos(n=20)
-    out = pt.perturb(d, name, 0.0, np.random.default_rng(1), **CTX)
+    out = pt.perturb(d, name, np.float32(0.0), np.random.default_rng(1), **CTX)
     assert np.array_equal(out.history, d.history) and np.array_equal(out.next_item, d.next_item)
     if name != "flip_next":
         q = d.history[:, 0]
@@ -365,6 +365,8 @@ def test_adapt_tracks_a_drifting_optimum():
         lambda o: opt.refine(o, np.array([0, 99]), np.arange(3), np.arange(3, 6)),
         lambda o: opt.refine(o, np.array([0, 1]), np.arange(3), np.arange(2, 6)),  # overlap
         lambda o: opt.refine(o, np.array([0, 1]), np.arange(3), np.arange(3, 6), beam=0),
+        lambda o: opt.refine(o, np.array([0, 1]), np.arange(3), np.arange(3, 6), max_moves=0),
+        lambda o: opt.refine(o, np.array([0, 1]), np.arange(3), np.arange(3, 6), patience=0),
         lambda o: opt.two_stage(o, np.ones((5, 3)), 2, np.arange(3), np.arange(3, 6)),
         lambda o: opt.adapt([o], [opt.Era(np.arange(3), np.arange(3, 6), np.arange(5, 8))], np.array([0, 1])),
         lambda o: opt.brute_force(o, np.arange(3), 13),

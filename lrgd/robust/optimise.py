@@ -211,8 +211,11 @@ def refine(
     start = _check_set(start, objective.n_pool)
     train, hold = _check_users(train_users, holdout_users)
     pool = np.arange(objective.n_pool) if candidates is None else _check_set(candidates, objective.n_pool)
-    if beam < 1 or max_iters < 0 or (patience is not None and patience < 1) or (max_moves or 1) < 1:
-        raise ConfigError("refine: beam ≥ 1, max_iters ≥ 0, patience None or ≥ 1, max_moves None or ≥ 1")
+    counts = {"beam": beam, "patience": patience, "max_moves": max_moves}
+    bad = [f"{n}={v}" for n, v in counts.items() if v is not None and v < 1]
+    bad += [f"max_iters={max_iters}"] if max_iters < 0 else []
+    if bad:
+        raise ConfigError(f"refine: beam, patience, max_moves ≥ 1 (None: off), max_iters ≥ 0; got {bad}")
     if max_swaps is not None and max_swaps < 0:
         raise ConfigError(f"refine: max_swaps must be None or ≥ 0, got {max_swaps}")
     rng = np.random.default_rng([seed, 13])

@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -195,7 +196,7 @@ def _lookup(name: str, rate: float, ctx: dict) -> Perturbation:
     """The registered perturbation ``name``, after checking the rate and the context it needs."""
     if name not in PERTURBATIONS:
         raise ConfigError(f"unknown perturbation {name!r}; choose one of {', '.join(PERTURBATIONS)}")
-    if not (isinstance(rate, int | float) and 0.0 <= rate <= 1.0):
+    if not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
         raise ConfigError(f"perturbation rate must be a number in [0, 1], got {rate!r}")
     fn = PERTURBATIONS[name]
     params = inspect.signature(fn).parameters.values()
@@ -241,7 +242,7 @@ def title_noise(title: str, rate: float, rng: np.random.Generator) -> str:
     A touched word is dropped or gets two adjacent characters swapped (a coin flip; one-character words
     are dropped). The last remaining word is never dropped (it gets a swap instead).
     """
-    if not (isinstance(rate, int | float) and 0.0 <= rate <= 1.0):
+    if not (isinstance(rate, numbers.Real) and 0.0 <= rate <= 1.0):
         raise ConfigError(f"title noise rate must be a number in [0, 1], got {rate!r}")
     words = title.split(" ")
     out = []
