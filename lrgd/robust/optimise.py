@@ -233,6 +233,7 @@ def refine(
     steps = progress(range(max_iters), "stage 2") if verbose else range(max_iters)
     for _ in steps:
         moves = np.unique(np.concatenate([_swaps(s, pool) for s in beam_sets]), axis=0)
+        moves = moves[~(moves[:, None] == beam_sets[None]).all(-1).any(1)]  # not already in the beam
         at_edge = False
         if max_swaps is not None:
             inside = (~np.isin(moves, start)).sum(1) <= max_swaps
