@@ -16,6 +16,31 @@ later layer. Effect_D(D, u) = −ΔL_u (positive: D helps u). With ``rate="deriv
 Z_D/Z_Z, and the formula is exactly −dL_u/dα at α = 0 when D's attention weights are scaled by α
 (tested against finite differences).
 
+Two rates, and why they can disagree in sign. Give D's attention scores the weight α (an additive
+log α). Then each head's output at a later position is o(α) = (Z_Z o_Z + α Z_D o_D) / (Z_Z + α Z_D), so
+
+    o(α) − o_Z = η(α) (o_D − o_Z),   η(α) = α Z_D / (Z_Z + α Z_D).
+
+The *secant* rate η(1) = Z_D / (Z_Z + Z_D) is the exact change of that layer's head output at α = 1
+(the demonstration fully inserted, that layer's inputs held fixed); the *derivative* rate
+η'(0) = Z_D / Z_Z is the slope at α = 0. Both are positive, so each (layer, head, position) term has the
+same sign under either rate; what differs is the weighting: derivative / secant = 1 + Z_D / Z_Z. Where D
+takes little attention (Z_D ≪ Z_Z) the two agree; where it takes most (Z_D ≫ Z_Z) the secant saturates
+at 1 while the derivative grows without bound, so a few D-dominated heads and positions can outweigh
+all others in the derivative sum and flip its sign. The derivative is the exact first-order slope
+(tested), but it extrapolates that slope to α = 1 where the change has long saturated; the secant is
+exact per layer and first-order only in how the layers' changes combine. A study should report both.
+
+Ranking-aligned loss (``loss="rank"``, our reconstruction of a contrastive Effect_D). L_u above rewards
+a demonstration that raises every title alike; evaluation ranks a candidate set C (the target and its
+negatives). With single-token candidates c ∈ C and the answer position's logits z,
+
+    L_u^rank = −log softmax_{c ∈ C}(z_c) at the target = −z_t + log Σ_{c ∈ C} exp z_c,      (rank)
+
+which no common shift of the candidates' logits changes. Only ∂L_u/∂o changes; Eq. (effect), both rates
+and the identity with −dL_u/dα at α = 0 hold unchanged (tested). Multi-token candidates (LLM titles)
+are out of scope: a :class:`SlotPrompt` whose target or candidates are not single tokens is refused.
+
 Cost: one forward pass per demonstration (its keys/values at its slot) plus one forward and one
 backward per user, then tensor products — O(M + N) passes for M demonstrations × N users, against
 M × N passes for the true gain.
@@ -35,6 +60,7 @@ from lrgd.rec.prompts import Demonstration, build_prompt, prompt_parts
 POSITIONS = ("all", "target", "end")
 FORMS = ("softmax", "linear")
 RATES = ("secant", "derivative")
+LOSSES = ("nll", "rank")
 
 
 @dataclass(frozen=True)
@@ -45,12 +71,17 @@ class SlotPrompt:
     candidates, answer cue, template end) · ``target`` (the true item's title). A demonstration is
     placed right-aligned in the slot; without one, the slot is an empty gap in the positions, so the
     user's tokens keep the same positions in both runs.
+
+    ``candidates`` [C] (optional): token ids of a single-token candidate set that contains the target,
+    read by the ranking loss only (Eq. (rank) of the module docstring: ``loss="rank"`` in
+    :func:`user_state` and :func:`loss_with_demo`).
     """
 
     prefix: torch.Tensor
     rest: torch.Tensor
     target: torch.Tensor
     slot: int
+    candidates: torch.Tensor | None = None
 
     def layout(self, demo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(ids, positions, index where ``rest`` starts) of the sequence with ``demo`` in the slot."""
@@ -89,6 +120,55 @@ def target_nll(logits: torch.Tensor, ids: torch.Tensor, n_target: int) -> torch.
     """−Σ log p(target tokens) for a [T, V] logit matrix whose sequence ends with the target."""
     logp = torch.log_softmax(logits[-n_target - 1 : -1].double(), dim=-1)
     return -logp.gather(1, ids[-n_target:, None].to(logp.device)).sum()
+
+
+def target_column(sp: SlotPrompt) -> int:
+    """Index of the target in ``sp.candidates``; a :class:`ModelError` when the ranking loss cannot apply."""
+    if sp.candidates is None:
+        raise ModelError("loss='rank' needs the SlotPrompt's candidates (token ids of the candidate set)")
+    if len(sp.target) != 1:
+        raise ModelError(
+            f"loss='rank' needs a single-token target, got {len(sp.target)} tokens (multi-token titles are"
+            " out of scope; use loss='nll')"
+        )
+    c = sp.candidates
+    if c.ndim != 1 or len(c) < 2 or len(torch.unique(c)) != len(c):
+        raise ModelError(
+            f"candidates must be ≥ 2 distinct token ids, one per candidate [C]; got shape {tuple(c.shape)}"
+        )
+    hit = torch.nonzero(c == sp.target[0]).flatten()
+    if len(hit) != 1:
+        raise ModelError(f"the target token {int(sp.target[0])} is not among the candidates")
+    return int(hit[0])
+
+
+def candidate_logits(logits: torch.Tensor, sp: SlotPrompt) -> torch.Tensor:
+    """The answer position's logits at ``sp.candidates`` [C] (float64), from the [T, V] logits of a
+    sequence that ends with the (single-token) target."""
+    return logits[-2, sp.candidates.to(logits.device)].double()
+
+
+def rank_loss(logits: torch.Tensor, sp: SlotPrompt) -> torch.Tensor:
+    """Eq. (rank): −log softmax over the candidates' logits at the answer position, taken at the target."""
+    col = target_column(sp)
+    return -torch.log_softmax(candidate_logits(logits, sp), dim=-1)[col]
+
+
+def slot_loss(logits: torch.Tensor, ids: torch.Tensor, sp: SlotPrompt, loss: str = "nll") -> torch.Tensor:
+    """L_u of ``sp`` from the [T, V] logits of its sequence ``ids`` (with or without a demonstration)."""
+    if loss == "nll":
+        return target_nll(logits, ids, len(sp.target))
+    if loss == "rank":
+        return rank_loss(logits, sp)
+    raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+
+
+def check_loss(sp: SlotPrompt, loss: str) -> None:
+    """Fail before any model pass when ``loss`` cannot be computed for ``sp``."""
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if loss == "rank":
+        target_column(sp)
 
 
 @dataclass
@@ -133,8 +213,15 @@ def demo_state(model, sp: SlotPrompt, demo: torch.Tensor, at_slot: bool = True) 
     return DemoState([layers[i].k[:, first:] for i in order], [layers[i].v[:, first:] for i in order])
 
 
-def user_state(model, sp: SlotPrompt, positions: str = "all", dtype=torch.float64) -> UserState:
-    """Zero-shot forward and backward of L_u for ``sp`` (one forward + one backward pass)."""
+def user_state(
+    model, sp: SlotPrompt, positions: str = "all", dtype=torch.float64, loss: str = "nll"
+) -> UserState:
+    """Zero-shot forward and backward of L_u for ``sp`` (one forward + one backward pass).
+
+    ``loss``: ``"nll"`` (the target title's negative log-likelihood) or ``"rank"`` (Eq. (rank) over
+    ``sp.candidates``); only the gradient ∂L_u/∂o and ``UserState.loss`` depend on it.
+    """
+    check_loss(sp, loss)
     ids, pos, start = sp.layout(None)
     index = _positions_index(start, len(sp.rest), len(sp.target), positions)
     flags = [p.requires_grad for p in model.parameters()]
@@ -144,8 +231,8 @@ def user_state(model, sp: SlotPrompt, positions: str = "all", dtype=torch.float6
         embeds = model.get_input_embeddings()(kw.pop("input_ids")).detach().requires_grad_(True)
         with torch.enable_grad(), capture_attention(model, keep_graph=True) as layers:
             logits = model(inputs_embeds=embeds, **kw).logits[0]
-            loss = target_nll(logits, ids, len(sp.target))
-            loss.backward()
+            value = slot_loss(logits, ids, sp, loss)
+            value.backward()
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
@@ -165,7 +252,7 @@ def user_state(model, sp: SlotPrompt, positions: str = "all", dtype=torch.float6
         outs.append(cap.out[index].transpose(0, 1).to(dtype))
         grads.append(cap.live_out.grad[0, index].transpose(0, 1).to(dtype))
         scal.append(cap.scaling)
-    return UserState(qs, outs, grads, log_zs, scal, float(loss.detach()))
+    return UserState(qs, outs, grads, log_zs, scal, float(value.detach()))
 
 
 def effect_d(
@@ -205,12 +292,26 @@ def effect_d(
 
 
 @torch.no_grad()
-def loss_with_demo(model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: float = 1.0) -> float:
+def loss_with_demo(
+    model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: float = 1.0, loss: str = "nll"
+) -> float:
     """L_u with ``demo`` in the slot (one forward pass): the true gain is L_u(None) − L_u(demo).
 
     ``alpha`` scales the attention weights that every later token gives to the demonstration
-    (an additive log α on those scores); α = 0 hides it, α = 1 is the plain prompt.
+    (an additive log α on those scores); α = 0 hides it, α = 1 is the plain prompt. ``loss`` as in
+    :func:`user_state`.
     """
+    check_loss(sp, loss)
+    ids, logits = logits_with_demo(model, sp, demo, alpha)
+    return float(slot_loss(logits, ids, sp, loss))
+
+
+@torch.no_grad()
+def logits_with_demo(
+    model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [T], logits [T, V]) of ``sp`` with ``demo`` in the slot and D's attention weights scaled by
+    ``alpha`` (see :func:`loss_with_demo`): one forward pass."""
     ids, pos, start = sp.layout(demo)
     mask = None
     if demo is not None and alpha != 1.0:
@@ -219,8 +320,7 @@ def loss_with_demo(model, sp: SlotPrompt, demo: torch.Tensor | None, alpha: floa
         m = torch.full((t, t), -math.inf, dtype=dtype).triu(1)
         m[start:, start - len(demo) : start] += math.log(alpha) if alpha > 0 else -math.inf
         mask = m[None, None]
-    logits = model(**_forward_kwargs(model, ids, pos, mask)).logits[0]
-    return float(target_nll(logits, ids, len(sp.target)))
+    return ids, model(**_forward_kwargs(model, ids, pos, mask)).logits[0]
 
 
 def slot_prompt(
@@ -229,6 +329,7 @@ def slot_prompt(
     target_title: str,
     chat: bool,
     slot: int,
+    candidate_titles: list[str] | None = None,
 ) -> SlotPrompt:
     """The zero-shot prompt of ``parts`` (from :func:`lrgd.rec.prompts.prompt_parts`, no demonstrations)
     with an empty slot right after the instruction, and the target title's tokens.
@@ -237,16 +338,33 @@ def slot_prompt(
     after the instruction starts, so ``prefix · demo_tokens(D) · rest`` is exactly the token sequence that
     ``build_prompt`` gives the same prompt with the one demonstration D (tested). Tokenising the pieces
     separately would not be: SmolLM2's tokenizer merges a piece's trailing blank line into one token.
+
+    ``candidate_titles`` (target included) become ``SlotPrompt.candidates`` for the ranking loss; each
+    must tokenise (as the target does) to exactly one token, else a :class:`ModelError` names it.
     """
     names = [n for n, _ in parts]
     if len(names) < 2 or names[0] != "instruction" or any(n.startswith("demo") for n in names):
         raise ModelError("slot_prompt needs zero-shot parts that start with the instruction")
     prompt = build_prompt(tokenizer, parts, chat)
     cut = prompt.spans[names[1]][0]
-    target = tokenizer(target_title if chat else " " + target_title, add_special_tokens=False)["input_ids"]
+    target = _title_tokens(tokenizer, target_title, chat)
     if not target:
         raise ModelError(f"target title {target_title!r} tokenises to nothing")
-    return SlotPrompt(prompt.input_ids[:cut], prompt.input_ids[cut:], torch.tensor(target), slot)
+    cands = None
+    if candidate_titles is not None:
+        ids = [_title_tokens(tokenizer, t, chat) for t in candidate_titles]
+        bad = next((t for t, x in zip(candidate_titles, ids) if len(x) != 1), None)
+        if bad is not None:
+            raise ModelError(
+                f"candidate {bad!r} is not a single token (multi-token candidates are out of scope for rank)"
+            )
+        cands = torch.tensor([x[0] for x in ids])
+    return SlotPrompt(prompt.input_ids[:cut], prompt.input_ids[cut:], torch.tensor(target), slot, cands)
+
+
+def _title_tokens(tokenizer, title: str, chat: bool) -> list[int]:
+    """A title's token ids as it follows the answer cue (a leading space outside the chat template)."""
+    return tokenizer(title if chat else " " + title, add_special_tokens=False)["input_ids"]
 
 
 def demo_tokens(tokenizer, history: tuple[str, ...] | list[str], next_item: str) -> torch.Tensor:
@@ -271,11 +389,11 @@ def demo_states(
     return [demo_state(model, users[0], d, at_slot=at_slot) for d in progress(demos, "demonstration states")]
 
 
-def user_states(model, users: list[SlotPrompt], positions: str = "all") -> list[UserState]:
+def user_states(model, users: list[SlotPrompt], positions: str = "all", loss: str = "nll") -> list[UserState]:
     """One forward and one backward pass per user (see :func:`user_state`)."""
     from lrgd.progress import progress
 
-    return [user_state(model, u, positions) for u in progress(users, "user states (fwd+bwd)")]
+    return [user_state(model, u, positions, loss=loss) for u in progress(users, "user states (fwd+bwd)")]
 
 
 def _stack_demos(
@@ -335,12 +453,14 @@ def effect_matrix(
     return out
 
 
-def true_gain_matrix(model, users: list[SlotPrompt], demos: list[torch.Tensor]) -> torch.Tensor:
+def true_gain_matrix(
+    model, users: list[SlotPrompt], demos: list[torch.Tensor], loss: str = "nll"
+) -> torch.Tensor:
     """L_u(zero-shot) − L_u(with D) for every pair: [M, N], with N + M·N forward passes."""
     from lrgd.progress import progress
 
-    base = [loss_with_demo(model, u, None) for u in users]
+    base = [loss_with_demo(model, u, None, loss=loss) for u in users]
     rows = []
     for d in progress(demos, "true gains (one pass per pair)"):
-        rows.append([base[j] - loss_with_demo(model, u, d) for j, u in enumerate(users)])
+        rows.append([base[j] - loss_with_demo(model, u, d, loss=loss) for j, u in enumerate(users)])
     return torch.tensor(rows)
