@@ -35,6 +35,45 @@ Bayes ceilings (exact when ``user_noise == 0``; otherwise group-level approximat
 A demonstration's *true usefulness* is its pointwise information about the query's group,
 ``log p(g* | history, d_j) − log p(g* | history)`` under (B2), in nats.
 
+Options for demonstration selection (chapter 4; our design, every one off by default, so that the
+defaults draw exactly what chapter 1b drew):
+
+* *Calendar time.* A sequence starts at a global time ``t0`` (an argument of :meth:`RecWorld.sample_queries`,
+  :meth:`RecWorld.sample_demos`, :meth:`RecWorld.sample_prompts`; default 0) and its item at position s
+  sits at t = t0 + s, so drift acts across users: ``u(t) = u + drift · t · a_g`` with the calendar time t.
+  Demonstrations from era A (``t0 = T_A``) and queries from era B (``t0 = T_B``) are possible. The
+  observer reads ``Demos.t0`` and ``Queries.t0``, which the samplers set.
+* *Validation next items.* With ``n_valid_next`` = V > 0 a query user's sequence is
+
+  h_1 … h_Lh (history, taste pulled to the cluster) · v_1 … v_V (own taste) · target (own taste),
+
+  at times t0 … t0 + Lh − 1, t0 + Lh … t0 + Lh + V − 1 and t0 + Lh + V:
+
+  v_j ~ p(i | u, t0 + Lh + j − 1) = softmax_i( v_iᵀ u(t) / τ + b_i ),                 (B3)
+
+  the same law as the target, one step earlier. ``Queries.valid`` [n, V] holds them; they are not in
+  the prompt. A method that selects demonstrations may read ``valid`` (e.g. through
+  :meth:`RecWorld.validation_queries`), never ``target``.
+* *Noise kinds the observer knows* (:data:`NOISE_KINDS`), with their likelihood given the query group g:
+
+  - ``flipped``: a real demonstration of a user of g whose next item is replaced by a uniform item,
+    p(d | g) = p_hist(h | g) · n_items^{-1};
+  - ``popular``: every item from the popularity-only law π = softmax(b),  p(d | g) = Π_t π(d_t);
+  - ``cluster``: a user of a uniformly drawn *other group of g's cluster* C(g),
+    p(d | g) = mean_{g' ∈ C(g), g' ≠ g} p(d | g').
+
+  With a kind prior p_κ over :data:`ALL_KINDS` the bracket of (B2) becomes
+
+  p(d_j | g) = Σ_κ p_κ p(d_j | g, κ).                                                     (B4)
+
+* *The observer for the condition tested.* The *training-prior* observer (``kind_probs=None``) uses the
+  world's ``kind_probs`` over same/other/corrupted, the prior the decoder was trained under. The
+  *condition-aware* observer uses the kind distribution of the condition being tested:
+  ``bayes_scores(batch, kind_probs="condition")`` (or ``kind_probs=condition_prior(batch.demos)``,
+  the empirical kind shares of the batch's demonstrations, treated as an i.i.d. prior per
+  demonstration), or any prior as a dict ``{kind: probability}`` or a vector over :data:`ALL_KINDS`.
+  Only the condition-aware observer is the Bayes ceiling of a condition off the training prior.
+
 Ranks, HR@K, NDCG@K and bootstrap CIs come from :mod:`lrgd.metrics` (the library's one tie convention;
 the scores here are continuous, so ties are practically absent); :func:`ranking_metrics` only adapts
 the world's score arrays [n, C], whose column 0 is the target.
@@ -43,6 +82,7 @@ the world's score arrays [n, C], whose column 0 is the target.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +92,13 @@ from lrgd.config import N_WORLD_SPECIALS, WorldConfig
 from lrgd.errors import ConfigError
 from lrgd.metrics import bootstrap_ci, per_user_metrics, ranks_of_targets
 
+#: the kinds of the training prior ``WorldConfig.kind_probs`` (chapters 1b and 3)
 KINDS = ("same", "other", "corrupted")
+#: demonstration noise the observer also knows (chapter 4), Eq. (B4)
+NOISE_KINDS = ("flipped", "popular", "cluster")
+ALL_KINDS = KINDS + NOISE_KINDS
 SAME, OTHER, CORRUPTED = 0, 1, 2
+FLIPPED, POPULAR, CLUSTER = 3, 4, 5
 
 # token ids of the tiny decoder's vocabulary: specials first, then items
 BOS, SEP, ARROW, QUERY = 0, 1, 2, 3
@@ -67,28 +112,39 @@ assert N_SPECIAL == N_WORLD_SPECIALS  # WorldConfig.vocab_size counts them
 
 @dataclass
 class Queries:
-    """``n`` query users: group, true preference, history, target and candidates (target in column 0)."""
+    """``n`` query users: group, true preference, history, validation next items, target and candidates
+    (target in column 0). Time steps: history t0 … t0 + Lh − 1, ``valid`` t0 + Lh …, target ``target_t``."""
 
     group: np.ndarray  # [n]
     pref: np.ndarray  # [n, r] the user's own preference u (before drift)
     history: np.ndarray  # [n, Lh] item ids
     target: np.ndarray  # [n]
     candidates: np.ndarray  # [n, C]; candidates[:, 0] == target
-    t0: int = 0  # time step of history[:, 0]; the target sits at t0 + Lh
+    t0: int = 0  # calendar time of history[:, 0]
+    valid: np.ndarray | None = None  # [n, V] validation next items (own taste); None → [n, 0]
+
+    def __post_init__(self):
+        if self.valid is None:
+            self.valid = np.zeros((len(self.group), 0), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.group)
 
+    @property
+    def target_t(self) -> int:
+        """Calendar time of the target: t0 + Lh + V."""
+        return self.t0 + self.history.shape[1] + self.valid.shape[1]
+
 
 @dataclass
 class Demos:
-    """``k`` demonstrations for each of ``n`` prompts. ``group`` is −1 for corrupted ones."""
+    """``k`` demonstrations for each of ``n`` prompts. ``group`` is −1 for corrupted and popular ones."""
 
-    kind: np.ndarray  # [n, k] in {SAME, OTHER, CORRUPTED}
+    kind: np.ndarray  # [n, k] codes into ALL_KINDS (SAME, OTHER, CORRUPTED, FLIPPED, POPULAR, CLUSTER)
     group: np.ndarray  # [n, k]
     history: np.ndarray  # [n, k, Ld]
     next_item: np.ndarray  # [n, k]
-    t0: int = 0
+    t0: int = 0  # calendar time of history[..., 0]; the next item sits at t0 + Ld
 
     @property
     def k(self) -> int:
@@ -169,6 +225,67 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - _logsumexp(x)[..., None]
 
 
+# ----------------------------------------------------------------------------- kinds and calendar time
+
+
+def _check_time(t0, name: str = "t0") -> None:
+    number = isinstance(t0, int | float | np.integer | np.floating) and not isinstance(t0, bool)
+    if not number or not math.isfinite(t0):
+        raise ConfigError(f"{name}={t0!r} must be a finite number (the calendar time of a sequence's start)")
+
+
+def kind_prior(kind_probs, config: WorldConfig) -> np.ndarray:
+    """A demonstration-kind prior as a vector over :data:`ALL_KINDS`: [len(ALL_KINDS)].
+
+    ``kind_probs``: ``None`` (the training prior ``config.kind_probs``), a dict ``{kind name: p}``
+    (missing kinds get 0) or a vector of 3 … len(ALL_KINDS) numbers in the order of :data:`ALL_KINDS`
+    (missing trailing kinds get 0). It must be non-negative and sum to 1.
+    """
+    if kind_probs is None:
+        kind_probs = config.kind_probs
+    if isinstance(kind_probs, Mapping):
+        bad = sorted(set(kind_probs) - set(ALL_KINDS))
+        if bad:
+            raise ConfigError(f"kind_probs names unknown kind(s) {bad}; choose from {ALL_KINDS}")
+        kind_probs = [kind_probs.get(name, 0.0) for name in ALL_KINDS]
+    try:
+        p = np.asarray(kind_probs, dtype=float)
+    except (TypeError, ValueError):
+        p = np.full(0, np.nan)
+    if p.ndim != 1 or not len(KINDS) <= len(p) <= len(ALL_KINDS):
+        raise ConfigError(
+            f"kind_probs={kind_probs!r} must be a dict over {ALL_KINDS} or a vector of "
+            f"{len(KINDS)}..{len(ALL_KINDS)} probabilities in that order"
+        )
+    p = np.concatenate([p, np.zeros(len(ALL_KINDS) - len(p))])
+    if not np.isfinite(p).all() or (p < 0).any() or not math.isclose(p.sum(), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"kind_probs={kind_probs!r} must be non-negative and sum to 1 (sum: {p.sum():.6g})")
+    if p[CLUSTER] > 0 and config.groups_per_cluster < 2:
+        raise ConfigError("kind 'cluster' needs groups_per_cluster ≥ 2 (a group with a cluster-mate)")
+    return p
+
+
+def condition_prior(demos: Demos | np.ndarray) -> np.ndarray:
+    """The empirical kind distribution of the tested condition: [len(ALL_KINDS)].
+
+    ``demos``: a :class:`Demos` or its kind codes [n, k]. The share of each kind among all its
+    demonstrations — the prior of a condition whose demonstrations are drawn i.i.d. (for a design with a
+    fixed number of each kind per prompt it is the matching i.i.d. approximation).
+    """
+    kind = np.asarray(demos.kind if isinstance(demos, Demos) else demos).reshape(-1)
+    if kind.size == 0:
+        raise ConfigError("condition_prior needs at least one demonstration (k ≥ 1)")
+    _check_codes(kind)
+    return np.bincount(kind, minlength=len(ALL_KINDS)) / kind.size
+
+
+def _check_codes(kind: np.ndarray) -> None:
+    if not kind.size:
+        return
+    if not np.issubdtype(kind.dtype, np.integer) or kind.min() < 0 or kind.max() >= len(ALL_KINDS):
+        raise ConfigError(f"demonstration kind codes must be integers 0..{len(ALL_KINDS) - 1} ({ALL_KINDS})")
+
+
 @dataclass
 class RecWorld:
     """A sampled world: items, groups and the rules (B1)–(B2). Build it with :meth:`generate`."""
@@ -238,71 +355,153 @@ class RecWorld:
         return pref
 
     def _sample_items(
-        self, pref: np.ndarray, group: np.ndarray, t0: int, length: int, rng: np.random.Generator
+        self,
+        pref: np.ndarray,
+        group: np.ndarray,
+        t0: int,
+        length: int,
+        rng: np.random.Generator,
+        n_next: int = 1,
     ) -> np.ndarray:
-        """``length − 1`` history items then one next item for users ``pref`` [m, r] → [m, length]."""
+        """``length − n_next`` history items then ``n_next`` next items (own taste) for users ``pref``
+        [m, r], the first at calendar time ``t0`` → [m, length]."""
         t = t0 + np.arange(length)
-        is_next = np.arange(length) == length - 1
+        is_next = np.arange(length) >= length - n_next
         logits = self.logits(pref[:, None, :], group[:, None], t[None, :], is_next[None, :])
         cdf = np.cumsum(np.exp(_log_softmax(logits)), axis=-1)  # [m, L, n_items]
         u = rng.random((*cdf.shape[:-1], 1)) * cdf[..., -1:]
         return np.minimum((cdf < u).sum(-1), self.config.n_items - 1)
 
-    def sample_queries(self, n: int, rng: np.random.Generator, group: np.ndarray | None = None) -> Queries:
-        """``n`` query users (uniform groups unless given) with history, target and candidates."""
+    def _negatives(self, target: np.ndarray, n_neg: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_neg`` uniform negatives per row, without replacement, among the items ≠ target: [n, n_neg]."""
+        n = len(target)
+        noise = rng.random((n, self.config.n_items))
+        noise[np.arange(n), target] = np.inf
+        return np.argsort(noise, axis=1)[:, :n_neg]
+
+    def sample_queries(
+        self, n: int, rng: np.random.Generator, group: np.ndarray | None = None, t0: int = 0
+    ) -> Queries:
+        """``n`` query users (uniform groups unless given) with history, ``n_valid_next`` validation next
+        items, target and candidates; the history starts at calendar time ``t0``."""
         cfg = self.config
+        _check_time(t0)
         g = rng.integers(cfg.n_groups, size=n) if group is None else np.asarray(group)
         pref = self._users(g, rng)
-        seq = self._sample_items(pref, g, 0, cfg.history_len + 1, rng)
+        lh, v = cfg.history_len, cfg.n_valid_next
+        seq = self._sample_items(pref, g, t0, lh + v + 1, rng, n_next=v + 1)
         target = seq[:, -1]
-        # negatives: uniform without replacement among the items ≠ target
-        noise = rng.random((n, cfg.n_items))
-        noise[np.arange(n), target] = np.inf
-        neg = np.argsort(noise, axis=1)[:, : cfg.n_candidates - 1]
-        cands = np.concatenate([target[:, None], neg], axis=1)
-        return Queries(g, pref, seq[:, :-1], target, cands)
+        cands = np.concatenate([target[:, None], self._negatives(target, cfg.n_candidates - 1, rng)], axis=1)
+        return Queries(g, pref, seq[:, :lh], target, cands, t0, seq[:, lh : lh + v])
 
-    def sample_demos(
-        self, query_group: np.ndarray, kinds: np.ndarray | str, k: int, rng: np.random.Generator
-    ) -> Demos:
-        """``k`` demonstrations per query. ``kinds``: a name in :data:`KINDS`, ``"mixed"`` (training prior)
-        or an int array [n, k]."""
-        cfg = self.config
-        n = len(query_group)
+    def validation_queries(self, queries: Queries, j: int, rng: np.random.Generator) -> Queries:
+        """The same users with their validation item ``j`` as the target (fresh uniform negatives) and the
+        validation items before it as ``valid``; the held-out target is not used. So Bayes scores and
+        prompts built from the result treat ``valid[:, j]`` (at time t0 + Lh + j) as the next item."""
+        v = queries.valid.shape[1]
+        if not 0 <= j < v:
+            raise ConfigError(f"validation item j={j} does not exist; the queries hold {v} (n_valid_next)")
+        target = queries.valid[:, j]
+        neg = self._negatives(target, queries.candidates.shape[1] - 1, rng)
+        cands = np.concatenate([target[:, None], neg], axis=1)
+        return Queries(
+            queries.group, queries.pref, queries.history, target, cands, queries.t0, queries.valid[:, :j]
+        )
+
+    def _kind_codes(self, kinds, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``kinds`` of :meth:`sample_demos` → codes [n, k]."""
         if isinstance(kinds, str):
             if kinds == "mixed":
-                kind = rng.choice(3, size=(n, k), p=np.asarray(cfg.kind_probs))
-            elif kinds in KINDS:
-                kind = np.full((n, k), KINDS.index(kinds))
-            else:
-                raise ConfigError(f"unknown demonstration kind {kinds!r}; choose from {(*KINDS, 'mixed')}")
-        else:
-            kind = np.asarray(kinds, dtype=np.int64).reshape(n, k)
+                return rng.choice(3, size=(n, k), p=np.asarray(self.config.kind_probs))
+            if kinds in ALL_KINDS:
+                return np.full((n, k), ALL_KINDS.index(kinds))
+            raise ConfigError(f"unknown demonstration kind {kinds!r}; choose from {(*ALL_KINDS, 'mixed')}")
+        if isinstance(kinds, Mapping):
+            return rng.choice(len(ALL_KINDS), size=(n, k), p=kind_prior(kinds, self.config))
+        kind = np.asarray(kinds)
+        _check_codes(kind)
+        return kind.astype(np.int64).reshape(n, k)
+
+    def _cluster_mates(self, group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly drawn other group of the same cluster for each entry of ``group``."""
+        G = self.config.n_groups
+        same = self.cluster_of[:, None] == self.cluster_of[None, :]
+        mates = [np.flatnonzero(same[g] & (np.arange(G) != g)) for g in range(G)]
+        count = np.array([len(m) for m in mates])
+        if (count[group] == 0).any():
+            raise ConfigError("kind 'cluster' needs groups_per_cluster ≥ 2 (a group with a cluster-mate)")
+        table = np.zeros((G, max(count.max(), 1)), dtype=np.int64)
+        for g, m in enumerate(mates):
+            table[g, : len(m)] = m
+        pick = np.floor(rng.random(group.shape) * count[group]).astype(np.int64)
+        return table[group, pick]
+
+    def sample_demos(
+        self,
+        query_group: np.ndarray,
+        kinds: np.ndarray | str | Mapping,
+        k: int,
+        rng: np.random.Generator,
+        t0: int = 0,
+    ) -> Demos:
+        """``k`` demonstrations per query, starting at calendar time ``t0``. ``kinds``: a name in
+        :data:`ALL_KINDS`, ``"mixed"`` (the training prior), a dict ``{kind: probability}`` (i.i.d. kinds
+        from that prior) or an int array [n, k] of codes."""
+        cfg = self.config
+        _check_time(t0)
+        n = len(query_group)
+        kind = self._kind_codes(kinds, n, k, rng)
         shift = rng.integers(1, cfg.n_groups, size=(n, k))
         group = np.where(kind == SAME, query_group[:, None], (query_group[:, None] + shift) % cfg.n_groups)
         group = np.where(kind == CORRUPTED, -1, group)
+        # chapter-4 kinds: their draws come only when they occur, so older kinds draw as before
+        group = np.where(kind == FLIPPED, query_group[:, None], group)
+        group = np.where(kind == POPULAR, -1, group)
+        if (kind == CLUSTER).any():
+            mates = self._cluster_mates(np.broadcast_to(query_group[:, None], (n, k)), rng)
+            group = np.where(kind == CLUSTER, mates, group)
         length = cfg.demo_history_len + 1
-        flat_g = group.reshape(-1)
+        flat_g, flat_kind = group.reshape(-1), kind.reshape(-1)
         real = flat_g >= 0
         seq = rng.integers(cfg.n_items, size=(n * k, length))  # corrupted: uniform items
         if real.any():
             pref = self._users(flat_g[real], rng)
-            seq[real] = self._sample_items(pref, flat_g[real], 0, length, rng)
+            seq[real] = self._sample_items(pref, flat_g[real], t0, length, rng)
+        flipped, popular = flat_kind == FLIPPED, flat_kind == POPULAR
+        if flipped.any():
+            seq[flipped, -1] = rng.integers(cfg.n_items, size=int(flipped.sum()))
+        if popular.any():
+            pi = np.exp(_log_softmax(self.item_bias))
+            seq[popular] = rng.choice(cfg.n_items, size=(int(popular.sum()), length), p=pi / pi.sum())
         seq = seq.reshape(n, k, length)
-        return Demos(kind, group, seq[..., :-1], seq[..., -1])
+        return Demos(kind, group, seq[..., :-1], seq[..., -1], t0)
 
     def sample_prompts(
-        self, n: int, k: int, rng: np.random.Generator, kinds: np.ndarray | str = "mixed"
+        self,
+        n: int,
+        k: int,
+        rng: np.random.Generator,
+        kinds: np.ndarray | str | Mapping = "mixed",
+        t0: int = 0,
+        demo_t0: int | None = None,
     ) -> PromptBatch:
-        """``n`` prompts with ``k`` demonstrations each, of the given kind(s)."""
-        q = self.sample_queries(n, rng)
-        return PromptBatch(q, self.sample_demos(q.group, kinds, k, rng))
+        """``n`` prompts with ``k`` demonstrations each, of the given kind(s); queries from calendar time
+        ``t0``, demonstrations from ``demo_t0`` (default: the same era)."""
+        q = self.sample_queries(n, rng, t0=t0)
+        return PromptBatch(q, self.sample_demos(q.group, kinds, k, rng, t0 if demo_t0 is None else demo_t0))
 
     def with_demos(
-        self, queries: Queries, k: int, kinds: np.ndarray | str, rng: np.random.Generator
+        self,
+        queries: Queries,
+        k: int,
+        kinds: np.ndarray | str | Mapping,
+        rng: np.random.Generator,
+        t0: int | None = None,
     ) -> PromptBatch:
-        """The same queries with fresh demonstrations (paired comparisons across k and kinds)."""
-        return PromptBatch(queries, self.sample_demos(queries.group, kinds, k, rng))
+        """The same queries with fresh demonstrations (paired comparisons across k and kinds), from
+        calendar time ``t0`` (default: the queries' ``t0``)."""
+        t0 = queries.t0 if t0 is None else t0
+        return PromptBatch(queries, self.sample_demos(queries.group, kinds, k, rng, t0))
 
     # ------------------------------------------------------------------ Bayes
     def _loglik_groups(self, items: np.ndarray, t0: int, ends_with_next: bool) -> np.ndarray:
@@ -310,22 +509,63 @@ class RecWorld:
         table = self._sequence_table(t0, items.shape[-1], ends_with_next).transpose(0, 2, 1)  # [L, n, G]
         return table[np.arange(items.shape[-1]), items].sum(-2)
 
-    def demo_log_evidence(self, batch: PromptBatch, kind_probs=None) -> np.ndarray:
-        """log p(d_j | query group g) under the kind prior, the bracket of Eq. (B2): [n, k, G]."""
+    def kind_log_likelihoods(self, demos: Demos, kinds: tuple[str, ...] = ALL_KINDS) -> np.ndarray:
+        """log p(d_j | query group g, kind κ) for each kind in ``kinds``, Eqs. (B2) and (B4):
+        [n, k, G, len(kinds)]. −inf where a kind cannot produce d_j for g (``cluster`` without a mate)."""
+        bad = sorted(set(kinds) - set(ALL_KINDS))
+        if bad:
+            raise ConfigError(f"unknown demonstration kind(s) {bad}; choose from {ALL_KINDS}")
+        return np.stack([self._kind_loglik(demos, name, {}) for name in kinds], axis=-1)
+
+    def _kind_loglik(self, demos: Demos, name: str, memo: dict) -> np.ndarray:
+        """log p(d_j | g, kind ``name``): [n, k, G]; ``memo`` shares the per-group likelihood."""
         cfg = self.config
-        ps, po, pc = np.asarray(cfg.kind_probs if kind_probs is None else kind_probs, dtype=float)
-        items = batch.demos.items()
-        ll = self._loglik_groups(items, batch.demos.t0, True)  # [n, k, G]
+        items = demos.items()
         G = cfg.n_groups
-        eye = np.eye(G, dtype=bool)
-        others = np.where(eye, -np.inf, ll[..., None, :])  # [n, k, G(query), G(demo)]
-        ll_other = _logsumexp(others, -1) - math.log(G - 1)
-        ll_unif = -items.shape[-1] * math.log(cfg.n_items)
+        if "ll" not in memo and name in ("same", "other", "cluster"):
+            memo["ll"] = self._loglik_groups(items, demos.t0, True)  # [n, k, G]
+        if name == "same":
+            return memo["ll"]
+        if name == "other":  # mean over the G − 1 other groups
+            others = np.where(np.eye(G, dtype=bool), -np.inf, memo["ll"][..., None, :])  # [n, k, G, G']
+            return _logsumexp(others, -1) - math.log(G - 1)
+        if name == "cluster":  # mean over the other groups of g's cluster (−inf without one)
+            mate = (self.cluster_of[:, None] == self.cluster_of[None, :]) & ~np.eye(G, dtype=bool)
+            others = np.where(mate, memo["ll"][..., None, :], -np.inf)
+            with np.errstate(divide="ignore"):
+                return _logsumexp(others, -1) - np.log(mate.sum(1))
+        if name == "corrupted":
+            return np.full((*items.shape[:-1], G), -items.shape[-1] * math.log(cfg.n_items))
+        if name == "flipped":
+            return self._loglik_groups(demos.history, demos.t0, False) - math.log(cfg.n_items)
+        if name == "popular":
+            lpi = _log_softmax(self.item_bias)
+            return np.broadcast_to(lpi[items].sum(-1)[..., None], (*items.shape[:-1], G)).copy()
+        raise ConfigError(f"unknown demonstration kind {name!r}; choose from {ALL_KINDS}")
 
-        def log(p: float) -> float:
-            return math.log(p) if p > 0 else -math.inf
+    def _kind_probs(self, batch: PromptBatch, kind_probs) -> np.ndarray:
+        if isinstance(kind_probs, str):
+            if kind_probs != "condition":
+                raise ConfigError(f"kind_probs={kind_probs!r}: the one name accepted is 'condition'")
+            return kind_prior(condition_prior(batch.demos), self.config)
+        return kind_prior(kind_probs, self.config)
 
-        terms = np.stack([log(ps) + ll, log(po) + ll_other, np.full_like(ll, log(pc) + ll_unif)], axis=-1)
+    def demo_log_evidence(self, batch: PromptBatch, kind_probs=None) -> np.ndarray:
+        """log p(d_j | query group g) under the kind prior, the bracket of Eqs. (B2)/(B4): [n, k, G].
+
+        ``kind_probs``: ``None`` (the training prior), ``"condition"`` (:func:`condition_prior` of the
+        batch) or a prior accepted by :func:`kind_prior`.
+        """
+        p = self._kind_probs(batch, kind_probs)
+        memo: dict = {}
+
+        def log(x: float) -> float:
+            return math.log(x) if x > 0 else -math.inf
+
+        # the training kinds always enter (as in chapter 1b); the chapter-4 kinds only when p_κ > 0
+        names = [name for i, name in enumerate(ALL_KINDS) if i < len(KINDS) or p[i] > 0]
+        terms = np.stack([log(p[ALL_KINDS.index(name)]) + self._kind_loglik(batch.demos, name, memo)
+                          for name in names], axis=-1)  # fmt: skip
         return _logsumexp(terms, -1)
 
     def group_log_posterior(self, batch: PromptBatch, use_demos: bool = True, kind_probs=None) -> np.ndarray:
@@ -337,23 +577,26 @@ class RecWorld:
         return _log_softmax(lp)
 
     def bayes_scores(self, batch: PromptBatch, use_demos: bool = True, kind_probs=None) -> np.ndarray:
-        """log p(candidate | tokens), the observed-token Bayes ranking: [n, C]."""
+        """log p(candidate | tokens), the observed-token Bayes ranking: [n, C].
+
+        ``kind_probs=None``: the *training-prior* observer; ``"condition"`` (or the tested condition's
+        prior): the *condition-aware* observer, the Bayes ceiling of that condition.
+        """
         q = batch.queries
         post = np.exp(self.group_log_posterior(batch, use_demos, kind_probs))  # [n, G]
-        pred = post @ np.exp(self.group_log_probs(q.t0 + q.history.shape[1], True))  # [n, n_items]
+        pred = post @ np.exp(self.group_log_probs(q.target_t, True))  # [n, n_items]
         return np.log(np.take_along_axis(pred, q.candidates, 1))
 
     def oracle_scores(self, batch: PromptBatch) -> np.ndarray:
         """log p(candidate | the query user's true preference): [n, C]."""
         q = batch.queries
-        t = q.t0 + q.history.shape[1]
-        lp = _log_softmax(self.logits(q.pref, q.group, t, True))
+        lp = _log_softmax(self.logits(q.pref, q.group, q.target_t, True))
         return np.take_along_axis(lp, q.candidates, 1)
 
     def popularity_scores(self, batch: PromptBatch) -> np.ndarray:
         """log of the group-averaged item distribution (what a model knows without any context)."""
         q = batch.queries
-        pred = np.exp(self.group_log_probs(q.t0 + q.history.shape[1], True)).mean(0)
+        pred = np.exp(self.group_log_probs(q.target_t, True)).mean(0)
         return np.log(pred[q.candidates])
 
     def demo_usefulness(self, batch: PromptBatch, kind_probs=None) -> np.ndarray:
@@ -369,6 +612,29 @@ class RecWorld:
         before = _log_softmax(base)[idx, q.group]  # [n]
         after = _log_softmax(base[:, None, :] + ev)[idx, :, q.group]  # [n, k]
         return after - before[:, None]
+
+    # ------------------------------------------------------------------ information (chapter 4)
+    def item_group_information(self, t: int = 0, is_next: bool = True) -> float:
+        """Mutual information I(g; i) in nats between a uniform group and one item at time ``t`` (a next
+        item, or a history item with ``is_next=False``): H(mean_g p(·|g)) − mean_g H(p(·|g))."""
+        lp = self.group_log_probs(t, is_next)  # [G, n_items]
+        p = np.exp(lp)
+        mix = p.mean(0)
+        return float(-(mix * np.log(mix)).sum() + (p * lp).sum(1).mean())
+
+    def validation_usefulness(self, queries: Queries) -> np.ndarray:
+        """Each validation item's information about the user's true group, in nats: [n, V].
+
+        ``log p(g* | history, v_j) − log p(g* | history)``, v_j read as a next item at t0 + Lh + j − 1.
+        """
+        base = self._loglik_groups(queries.history, queries.t0, False)  # [n, G]
+        lh, idx = queries.history.shape[1], np.arange(len(queries))
+        before = _log_softmax(base)[idx, queries.group]
+        out = np.zeros(queries.valid.shape)
+        for j in range(queries.valid.shape[1]):
+            lv = self.group_log_probs(queries.t0 + lh + j, True).T[queries.valid[:, j]]  # [n, G]
+            out[:, j] = _log_softmax(base + lv)[idx, queries.group] - before
+        return out
 
 
 # ----------------------------------------------------------------------------- ranking and its summaries
