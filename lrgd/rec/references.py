@@ -201,8 +201,7 @@ class VoteReference:
 
         def make() -> tuple[tuple[str, ...], int]:
             sel = type(runner).select(VoteView(runner), sel_cfg, user, history)  # the runner's protocol
-            train = runner.data(cfg.dataset).split.train
-            return tuple(train[src][cut] for src, cut in sel.sources), sel.fallback
+            return tuple(ids[-1] for ids in runner.pool(sel_cfg).demo_items(sel)), sel.fallback
 
         return runner.memo(("vote-next", sel_cfg, user, tuple(history)), make)
 

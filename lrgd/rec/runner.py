@@ -583,9 +583,8 @@ class Runner:
         return rec
 
     def demo_ids(self, cfg: EvalConfig, sel: Selection) -> list[tuple[list[str], str]]:
-        """The chosen demonstrations as item ids: (history ids, next id), read from their sources."""
-        pool = self.pool(cfg)
-        return [(list(ids[:-1]), ids[-1]) for ids in (pool.make(*src)[1] for src in sel.sources)]
+        """The chosen demonstrations as item ids: (history ids, next id) (:meth:`DemoPool.demo_items`)."""
+        return [(list(ids[:-1]), ids[-1]) for ids in self.pool(cfg).demo_items(sel)]
 
     def evaluate_trained(self, cfg: EvalConfig, user: str, candidates: Sequence[str], t0: float) -> dict:
         """One user's record for a trained model: the selector's demonstrations (as ids), one forward pass."""

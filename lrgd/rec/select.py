@@ -25,6 +25,7 @@ dataclass fields, which enter the cache key of every result it produces. The run
 ``popular``     demonstrations whose next item is among the most popular training items (distinct)
 ``effect``      ranked by Effect_D on the user's validation item (chapter 3), :mod:`lrgd.demos.effect_select`
 ``effect-global``  ranked by Effect_D averaged over validation users, shared by every user (same module)
+``perturbed``   another selector's demonstrations with a perturbation applied (:mod:`lrgd.robust.selectors`)
 ==============  =====================================================================================
 """
 
@@ -52,7 +53,8 @@ GUARDS = ("held-out", "own")
 
 #: demonstration selectors by name; the Effect_D ones register from :mod:`lrgd.demos.effect_select`
 SELECTORS = Registry(
-    "demonstration selector", plugins=("lrgd.demos.effect_select", "lrgd.models.reader_dual")
+    "demonstration selector",
+    plugins=("lrgd.demos.effect_select", "lrgd.models.reader_dual", "lrgd.robust.selectors"),
 )
 register_selector = SELECTORS.register
 
@@ -70,6 +72,9 @@ class Selection:
     guarded: int = 0  # candidates refused by the leakage guard
     fallback: int = 0  # demonstrations filled in at random because the selector ran out
     extra: Mapping[str, object] = field(default_factory=dict)
+    #: each demonstration's item ids (history…, next) when they differ from what its source shows (a
+    #: perturbed demonstration, :mod:`lrgd.robust.selectors`); empty: read them from ``sources``
+    items: tuple[tuple[str, ...], ...] = ()
 
 
 @runtime_checkable
@@ -126,6 +131,11 @@ class DemoPool:
             return None
         demo = Demonstration(tuple(items[i].title for i in hist), items[nxt].title)
         return demo, (*hist, nxt)
+
+    def demo_items(self, sel: Selection) -> list[tuple[str, ...]]:
+        """Each chosen demonstration's item ids (history…, next): ``sel.items`` when the selector set
+        them (perturbed demonstrations), else what its source shows."""
+        return [tuple(x) for x in sel.items] if sel.items else [self.make(*src)[1] for src in sel.sources]
 
     def held_out(self, user: str) -> HeldOut:
         """What the guard refuses to show besides the user's own sequence: with ``guard="held-out"`` the

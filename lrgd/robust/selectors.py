@@ -1,0 +1,108 @@
+"""Perturbed demonstrations as a selector of the runner (chapters 2b and 4; our reconstruction).
+
+``perturbed`` takes another selector's demonstrations (``base``) and applies one perturbation of
+:mod:`lrgd.robust.perturb` to their item ids at ``rate``, so every model the runner knows — the LLMs
+through titles, the reader and the vote through ids — meets the same noisy demonstrations:
+
+    EvalConfig("ml-100k", "perturbed", k=16, params={"perturbation": "flip_next", "rate": 1.0})
+
+is *corrupted* demonstrations: transitions anchored at the user's recent items whose next item is a
+uniform other item. Items are the dataset's titled items (indices into a sorted catalogue); a
+replacement never shows what the leakage guard refuses (it is drawn again), and the draws are seeded by
+(seed, user, perturbation, demonstration): the same user meets the same draws at every rate (paired
+curves over the rate).
+
+``dropout`` removes items (a real demonstration's history may be shorter; at least its most recent
+item is kept); ``off_domain`` is not offered here (the catalogues hold no off-domain items).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import field
+from functools import cached_property
+from typing import ClassVar
+
+import numpy as np
+
+from lrgd.errors import ConfigError, DataError
+from lrgd.rec.prompts import Demonstration
+from lrgd.rec.select import SELECTORS, DemoPool, Selection, register_selector
+from lrgd.robust import perturb as pt
+
+#: the perturbations the runner's selector offers (item-level; ``off_domain`` needs a foreign catalogue)
+RUNNER_PERTURBATIONS = ("flip_next", "random", "popular", "shuffle", "dropout")
+_PAD = -1
+_TRIES = 20
+
+
+class Catalogue:
+    """The titled items of a pool's dataset as indices, and their training popularity."""
+
+    def __init__(self, pool: DemoPool) -> None:
+        items = pool.ds.items
+        self.ids = sorted(i for i, it in items.items() if it.has_title)
+        self.index = {i: j for j, i in enumerate(self.ids)}
+        pop = pool.popularity
+        self.popularity = np.array([pop[i] for i in self.ids], dtype=float) + 1.0  # never zero
+
+
+@register_selector("perturbed")
+class PerturbedDemos:
+    """Another selector's demonstrations with one perturbation applied to their items."""
+
+    base: str = field(default="recent", metadata={"help": "the selector whose demonstrations are perturbed"})
+    perturbation: str = field(default="flip_next", metadata={"help": "lrgd.robust.perturb name"})
+    rate: float = field(default=1.0, metadata={"help": "share of positions touched (answers: flip_next)"})
+    code: ClassVar[tuple[str, ...]] = ("lrgd.robust.perturb",)
+
+    def validate(self) -> None:
+        if self.base in ("perturbed", "zero-shot") or self.base not in SELECTORS:
+            bases = [n for n in SELECTORS.names() if n not in ("perturbed", "zero-shot")]
+            raise ConfigError(
+                f"--base {self.base!r} is not a demonstration selector; choose one of {', '.join(bases)}"
+            )
+        if self.perturbation not in RUNNER_PERTURBATIONS:
+            raise ConfigError(
+                f"--perturbation {self.perturbation!r} is not offered by the runner; choose one of "
+                f"{', '.join(RUNNER_PERTURBATIONS)}"
+            )
+        if not 0.0 <= float(self.rate) <= 1.0:
+            raise ConfigError(f"--rate must lie in [0, 1], got {self.rate}")
+
+    @cached_property
+    def _base(self):
+        return SELECTORS.build(self.base)
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        pool = runner.pool(cfg)
+        sel = self._base.select(runner, cfg, user, k, history)
+        cat = runner.memo(("catalogue", cfg.dataset, cfg.split, cfg.seed), lambda: Catalogue(pool))
+        held = pool.held_out(user)
+        items, demos = [], []
+        for j, (src, ids) in enumerate(zip((s[0] for s in sel.sources), pool.demo_items(sel))):
+            ok = lambda x, s=src: pool.allowed(user, s, x, held)  # noqa: E731
+            new = self.perturb_one(cat, ids, pool.seed, user, j, ok)
+            items.append(new)
+            titles = [pool.ds.items[i].title for i in new]
+            demos.append(Demonstration(tuple(titles[:-1]), titles[-1]))
+        return Selection(tuple(demos), sel.sources, sel.guarded, sel.fallback, sel.extra, tuple(items))
+
+    def perturb_one(self, cat: Catalogue, ids, seed: int, user: str, j: int, allowed) -> tuple[str, ...]:
+        """One demonstration's ids (history…, next) perturbed; drawn again (seeded) until ``allowed``."""
+        hist = np.array([[cat.index[i] for i in ids[:-1]]])
+        nxt = np.array([cat.index[ids[-1]]])
+        ctx = {"n_items": len(cat.ids), "popularity": cat.popularity, "pad_id": _PAD}
+        for attempt in range(_TRIES):
+            key = zlib.crc32(f"{self.perturbation}|{user}|{j}|{attempt}".encode())
+            rng = np.random.default_rng([seed, key])
+            out = pt.perturb(pt.DemoItems(hist, nxt), self.perturbation, float(self.rate), rng, **ctx)
+            h, x = out.history, out.next_item
+            kept = [int(i) for i in h[0] if i != _PAD] or [int(hist[0, -1])]
+            new = (*(cat.ids[i] for i in kept), cat.ids[int(x[0])])
+            if allowed(new):
+                return new
+        raise DataError(
+            f"perturbation {self.perturbation!r} kept showing a held-out item of user {user!r} after "
+            f"{_TRIES} draws; lower --rate or use --guard own"
+        )
