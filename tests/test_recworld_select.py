@@ -289,6 +289,22 @@ def test_kind_groups():
     assert len(set(zip(qg.repeat(2), d.group.ravel()))) == 12  # both cluster-mates of every group occur
 
 
+def test_usefulness_of_the_noise_kinds():
+    """Read by the observer of their condition: flipped demonstrations keep their history's weak evidence
+    for the group, cluster-mates point away from it, and popular ones tell nothing (0 nats: identity)."""
+    w = rw.RecWorld.generate(get_profile("ci").world, 0)
+    prior = {"same": 0.4, "flipped": 0.3, "cluster": 0.3}
+    b = w.sample_prompts(1200, 1, np.random.default_rng(3), prior)
+    u, kind = w.demo_usefulness(b, kind_probs=prior)[:, 0], b.demos.kind[:, 0]
+    ci = {name: bootstrap_ci(u[kind == rw.ALL_KINDS.index(name)], seed=0) for name in prior}
+    assert ci["same"][1] > ci["flipped"][2] and ci["flipped"][1] > 0 > ci["cluster"][2]
+    tab = rw.usefulness_table(u, kind, seed=0)
+    assert list(tab.index) == ["same", "other", "corrupted", "flipped", "cluster"]
+    assert tab.loc["flipped", "mean"] == pytest.approx(u[kind == rw.FLIPPED].mean())
+    pop = w.sample_prompts(50, 2, np.random.default_rng(4), "popular")
+    assert np.allclose(w.demo_usefulness(pop, kind_probs={"popular": 1.0}), 0.0)
+
+
 def test_evidence_mixes_the_kinds_by_their_prior():
     """Identity checks of Eq. (B4) and backward compatibility of ``kind_probs``."""
     w = kinds_world()

@@ -51,9 +51,10 @@ defaults draw exactly what chapter 1b drew):
 
   v_j ~ p(i | u, t0 + Lh + j − 1) = softmax_i( v_iᵀ u(t) / τ + b_i ),                 (B3)
 
-  the same law as the target, one step earlier. ``Queries.valid`` [n, V] holds them; they are not in
-  the prompt. A method that selects demonstrations may read ``valid`` (e.g. through
-  :meth:`RecWorld.validation_queries`), never ``target``.
+  the target's law at an earlier time step. ``Queries.valid`` [n, V] holds them; they are not in the
+  prompt. A method that selects demonstrations may read ``valid`` (e.g. through
+  :meth:`RecWorld.validation_queries`), never ``target``. :meth:`RecWorld.validation_usefulness` and
+  :meth:`RecWorld.item_group_information` measure what one such item tells about the group.
 * *Noise kinds the observer knows* (:data:`NOISE_KINDS`), with their likelihood given the query group g:
 
   - ``flipped``: a real demonstration of a user of g whose next item is replaced by a uniform item,
@@ -62,9 +63,12 @@ defaults draw exactly what chapter 1b drew):
   - ``cluster``: a user of a uniformly drawn *other group of g's cluster* C(g),
     p(d | g) = mean_{g' ∈ C(g), g' ≠ g} p(d | g').
 
-  With a kind prior p_κ over :data:`ALL_KINDS` the bracket of (B2) becomes
+  With a kind prior p_κ over :data:`ALL_KINDS` = :data:`KINDS` + :data:`NOISE_KINDS` (codes 0 … 5;
+  :data:`KINDS` stays the training prior's three) the bracket of (B2) becomes
 
-  p(d_j | g) = Σ_κ p_κ p(d_j | g, κ).                                                     (B4)
+  p(d_j | g) = Σ_κ p_κ p(d_j | g, κ)                                                      (B4)
+
+  (exact when ``user_noise == 0``, a group-level approximation otherwise, like (B2)).
 
 * *The observer for the condition tested.* The *training-prior* observer (``kind_probs=None``) uses the
   world's ``kind_probs`` over same/other/corrupted, the prior the decoder was trained under. The
@@ -625,7 +629,8 @@ class RecWorld:
     def validation_usefulness(self, queries: Queries) -> np.ndarray:
         """Each validation item's information about the user's true group, in nats: [n, V].
 
-        ``log p(g* | history, v_j) − log p(g* | history)``, v_j read as a next item at t0 + Lh + j − 1.
+        ``log p(g* | history, v_j) − log p(g* | history)`` under the observer, column j (from 0) read as
+        a next item at time t0 + Lh + j, Eq. (B3).
         """
         base = self._loglik_groups(queries.history, queries.t0, False)  # [n, G]
         lh, idx = queries.history.shape[1], np.arange(len(queries))
@@ -669,7 +674,8 @@ def icl_sweep(
     rows = []
     k_max = max(ks)
     for ki, kind in enumerate(kinds):
-        demos = world.sample_demos(queries.group, kind, k_max, np.random.default_rng([seed, ki, 99]))
+        rng = np.random.default_rng([seed, ki, 99])
+        demos = world.sample_demos(queries.group, kind, k_max, rng, t0=queries.t0)  # the queries' era
         for k in ks:
             batch = PromptBatch(queries, demos.first(k))
             for name, fn in scorers.items():
@@ -723,10 +729,12 @@ def sweep_table(sweep, scorers: tuple[str, ...], metric: str = "NDCG@10"):
 def usefulness_table(usefulness: np.ndarray, kind: np.ndarray, seed: int = 0, n_boot: int = N_BOOT):
     """Mean true usefulness (nats) of single demonstrations by kind, with its bootstrap CI and the share
     of demonstrations with positive usefulness. ``usefulness``, ``kind`` [n]. Returns a DataFrame
-    indexed by :data:`KINDS`."""
+    indexed by :data:`KINDS` and the chapter-4 kinds that occur in ``kind``."""
     import pandas as pd
 
-    cis = {name: bootstrap_ci(usefulness[kind == k], n_boot, seed) for k, name in enumerate(KINDS)}
+    codes = [k for k in range(len(ALL_KINDS)) if k < len(KINDS) or (kind == k).any()]
+    cis = {ALL_KINDS[k]: bootstrap_ci(usefulness[kind == k], n_boot, seed) for k in codes}
     tab = pd.DataFrame({name: dict(zip(["mean", "CI low", "CI high"], ci)) for name, ci in cis.items()}).T
-    tab["share > 0"] = [float((usefulness[kind == k] > 0).mean()) for k in range(len(KINDS))]
+    tab["share > 0"] = [float((usefulness[kind == k] > 0).mean()) if (kind == k).any() else math.nan
+                        for k in codes]  # fmt: skip
     return tab
