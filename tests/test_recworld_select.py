@@ -403,6 +403,7 @@ def _write_fixture(commit: str) -> None:  # pragma: no cover - run by hand only
     """Regenerate the fixture with ``lrgd/testbeds/recworld.py`` of ``commit`` (loaded from git)."""
     import importlib.util
     import subprocess
+    import sys
     import tempfile
 
     src = subprocess.run(["git", "show", f"{commit}:lrgd/testbeds/recworld.py"], capture_output=True,
@@ -412,6 +413,7 @@ def _write_fixture(commit: str) -> None:  # pragma: no cover - run by hand only
         path.write_text(src)
         spec = importlib.util.spec_from_file_location("recworld_old", path)
         old = importlib.util.module_from_spec(spec)
+        sys.modules["recworld_old"] = old  # dataclasses look their module up
         spec.loader.exec_module(old)
         np.savez_compressed(FIXTURE, **old_api_draws(old))
 
