@@ -170,6 +170,12 @@ def test_rho_table_separates_pooled_from_within_user():
     assert shifted["users (within)"] == 8
     assert table.loc[("test", "nll", "derivative", "NLL drop"), "within ρ"] == pytest.approx(-1.0)
     assert list(table.index.names) == ["signal", "loss", "rate", "gain"]
+    from scipy.stats import spearmanr
+
+    noisy = gain + rng.standard_normal(gain.shape)
+    per = [spearmanr(noisy[:, j], gain[:, j]).statistic for j in range(8)]
+    diff = fr.within_rho_difference(gain + offset, noisy, gain, n_boot=50)
+    assert diff[0] == pytest.approx(1 - np.mean(per)) and diff[1] <= diff[0] <= diff[2]
     agree = fr.rate_agreement(effects)
     want = np.mean(np.sign(gain + offset) != np.sign(-gain))
     assert agree.loc[("test", "nll"), "opposite sign (share of pairs)"] == pytest.approx(want)

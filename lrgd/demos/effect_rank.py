@@ -12,6 +12,7 @@ study of the variants needs on any model whose candidates are single tokens:
   the NLL drop, the rank-loss drop, the target's rank gain among the candidates and its NDCG@10 gain;
 * :func:`rho_table`: Spearman ρ of each variant against each true outcome, pooled over all pairs and
   within users (the mean of per-user ρ over the M demonstrations), each with a bootstrap CI over users;
+* :func:`within_rho_difference`: the paired per-user difference of two variants' within-user ρ;
 * :func:`rate_agreement`: how often the two rates disagree in sign, and how they rank pairs alike.
 
 Why the rates can disagree: the docstring of :mod:`lrgd.demos.effect` (η = Z_D/Z_Z against
@@ -27,6 +28,7 @@ import torch
 from lrgd.demos import effect as fx
 from lrgd.demos.effect import LOSSES, RATES, SlotPrompt
 from lrgd.metrics import (
+    bootstrap_ci,
     rank_metrics,
     ranks_of_targets,
     spearman,
@@ -118,6 +120,17 @@ def rho_table(
                          "w. CI high": whi, "users (within)": n_ok})  # fmt: skip
             index.append((*key, name))
     return pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=[*key_names, "gain"]))
+
+
+def within_rho_difference(
+    a: np.ndarray, b: np.ndarray, gain: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean over users of ρ_u(a, gain) − ρ_u(b, gain) (within-user Spearman ρ, all [M, N]) with a paired
+    bootstrap CI over users: does variant ``a`` rank each user's demonstrations better than ``b``?
+    Users where either ρ is undefined (a constant column) drop out."""
+    da, db = within_user_spearman(a, gain)[1], within_user_spearman(b, gain)[1]
+    ok = ~(np.isnan(da) | np.isnan(db))
+    return bootstrap_ci(da[ok] - db[ok], n_boot, seed)
 
 
 def rate_agreement(effects: dict[tuple, np.ndarray]) -> pd.DataFrame:
