@@ -13,6 +13,7 @@ commented defaults:
 ``.ceiling``        chapter 2b: what k demonstrations can tell at all (a vote over their next items)
 ``.reader``         chapter 2b: the transformer trained to read demonstrations (anonymised items)
 ``.itemid``         chapter 2b: the item-id sequential recommender (SASRec-style, k = 0)
+``.robust``         chapter 4: perturbations, the robust score and the two-stage optimiser
 ==================  ==========================================================================
 
 Modules take their section as an argument; no module or notebook holds a size table. A parameter
@@ -350,7 +351,70 @@ class ItemIdSizes:
         return self
 
 
-SECTIONS = ("equivalence", "regression", "world", "decoder", "eval", "effect", "ceiling", "reader", "itemid")
+@dataclass(frozen=True)
+class RobustSizes:
+    """Chapter 4: robustness and the two-stage optimiser on testbed B (and the reader's perturbation curve).
+
+    Testbed B is refit for selection (``n_valid_next`` validation next items per user from the user's own
+    taste, ``user_noise``); the decoder of chapter 1b reads it (same items and groups).
+    """
+
+    n_valid_next: int = 4  # validation next items per user: the first half trains stage 2, the rest stop it
+    user_noise: float = 0.3  # users differ within a group (chapter 1b: 0)
+    n_users: int = 200  # test users (each with its own validation items)
+    n_pool: int = 24  # candidate demonstrations (shared pool)
+    pool_kinds: tuple[tuple[str, float], ...] = (
+        ("same", 0.55),
+        ("flipped", 0.15),
+        ("popular", 0.15),
+        ("corrupted", 0.15),
+    )  # kinds of the pool (own group = same)
+    k: int = 4  # demonstrations per prompt
+    pair_users: int = 60  # users of the pair-interaction study
+    perturbations: tuple[str, ...] = ("flip_next", "random", "shuffle")  # test-time noise on demonstrations
+    rates: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    robust_perturbation: str = "random"  # the perturbation the robust score averages over
+    robust_rate: float = 0.5
+    n_copies: int = 4  # perturbed copies R per demonstration in the robust score
+    lams: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # λ swept for the trade-off curve (the first: plain)
+    lam: float = 1.0  # λ of the robust selector in the tables
+    max_iters: int = 6  # stage-2 iterations
+    patience: int = 1  # early stopping on the held-out validation items
+    max_swaps: int = 2  # trust region: members that may differ from the stage-1 set
+    eras: int = 4  # calendar eras of the drift study
+    era_gap: int = 6  # time steps between eras
+    drift: float = 0.25  # drift of the drift study's world (chapter 1b: 0)
+    reader_dataset: str = "ml-100k"  # the reader's perturbation curve (real data)
+    reader_users: int = 200
+    reader_k: int = 16
+    reader_rates: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+    def validate(self) -> RobustSizes:
+        if self.n_valid_next < 2:
+            raise ConfigError(
+                f"robust.n_valid_next must be ≥ 2 (train and held-out halves), got {self.n_valid_next}"
+            )
+        if not 1 <= self.k < self.n_pool:
+            raise ConfigError(f"robust.k must lie in [1, n_pool={self.n_pool}), got {self.k}")
+        if any(not 0 <= r <= 1 for r in (*self.rates, *self.reader_rates, self.robust_rate)):
+            raise ConfigError("robust rates must lie in [0, 1]")
+        if min(self.n_users, self.pair_users, self.n_copies, self.eras, self.max_iters) < 1:
+            raise ConfigError("robust sizes (users, copies, eras, iterations) must be ≥ 1")
+        return self
+
+
+SECTIONS = (
+    "equivalence",
+    "regression",
+    "world",
+    "decoder",
+    "eval",
+    "effect",
+    "ceiling",
+    "reader",
+    "itemid",
+    "robust",
+)
 
 
 @dataclass(frozen=True)
@@ -367,6 +431,7 @@ class Profile:
     ceiling: CeilingSizes = CeilingSizes()
     reader: ReaderSizes = ReaderSizes()
     itemid: ItemIdSizes = ItemIdSizes()
+    robust: RobustSizes = RobustSizes()
 
     def section(self, name: str, **overrides):
         """Section ``name`` with ``overrides`` applied and validated (a :class:`ConfigError` names an
@@ -406,6 +471,8 @@ _PROFILES = {
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
+        robust=RobustSizes(n_users=1000, n_pool=48, pair_users=200, n_copies=8, eras=6, reader_users=1000,
+                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
     ),
     "gpu": Profile(
         "gpu",
@@ -428,6 +495,8 @@ _PROFILES = {
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
+        robust=RobustSizes(n_users=4000, n_pool=64, pair_users=500, n_copies=16, eras=8, reader_users=5000,
+                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
     ),
 }  # fmt: skip
 
