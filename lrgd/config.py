@@ -386,7 +386,7 @@ class RobustSizes:
     drift: float = 0.25  # drift of the drift study's world (chapter 1b: 0)
     reader_dataset: str = "ml-100k"  # the reader's perturbation curve (real data)
     reader_users: int = 200
-    reader_k: int = 16
+    reader_k: int = 64  # the k chosen on validation users in chapter 2b (recent)
     reader_rates: tuple[float, ...] = (0.0, 0.5, 1.0)
 
     def validate(self) -> RobustSizes:

@@ -84,7 +84,9 @@ def test_replacements_never_show_a_held_out_item(twins: Runner) -> None:
 
 def test_the_vote_counts_perturbed_answers(leaky: Runner) -> None:
     vote = REFERENCES.build("ref-vote", {"vote_selector": "perturbed", "vote_k": 3})
-    cfg = EvalConfig("amazon-games", "ref-vote", params={"vote_selector": "perturbed", "vote_k": 3}).validate()
+    cfg = EvalConfig(
+        "amazon-games", "ref-vote", params={"vote_selector": "perturbed", "vote_k": 3}
+    ).validate()
     for user in users(leaky)[:5]:
         hist = leaky.target(cfg, user)[0]
         nxt, _ = vote.next_items(leaky, cfg, user, hist)

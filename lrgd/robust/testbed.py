@@ -21,17 +21,19 @@ without guards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from lrgd.config import RobustSizes, WorldConfig
+from lrgd.config import RobustSizes, WorldConfig, results_dir
 from lrgd.demos import effect as fx
 from lrgd.demos import testbed_effect as tbe
 from lrgd.errors import ConfigError
 from lrgd.metrics import bootstrap_ci, holm, paired_bootstrap
 from lrgd.progress import progress
+from lrgd.results import cached_json, code_hash
 from lrgd.robust import optimise as opt
 from lrgd.robust import perturb as pt
 from lrgd.testbeds import tiny_decoder as td
@@ -49,6 +51,47 @@ def refit_world(base: WorldConfig, sizes: RobustSizes, seed: int = 0, **override
                 f"the refit world's {name} differ from chapter 1b's; keep the world's shape fields"
             )
     return world
+
+
+def information_table(world: RecWorld, n: int, seed: int = 0) -> pd.DataFrame:
+    """What one item tells the observer about a user's group, in nats (mean, 95% CI over n users):
+    the mutual information I(g; item) of a next item and of a history item, and the mean gain in
+    log p(true group) from the first validation next item (given the history) and from the last history
+    item (given the earlier ones) — chapter 3's legal validation target."""
+    q = world.sample_queries(n, np.random.default_rng([seed, 49]))
+    idx, lh = np.arange(n), q.history.shape[1]
+
+    def post(h: np.ndarray) -> np.ndarray:  # log p(true group | history h) under the observer
+        ll = world._loglik_groups(h, q.t0, False)
+        return (ll - np.logaddexp.reduce(ll, axis=1, keepdims=True))[idx, q.group]
+
+    gains = {
+        "first validation next item (given the history)": world.validation_usefulness(q)[:, 0],
+        "last history item (given the earlier ones)": post(q.history) - post(q.history[:, :-1]),
+    }
+    rows = {
+        "I(group; one next item)": (world.item_group_information(lh, True), np.nan, np.nan),
+        "I(group; one history item)": (world.item_group_information(0, False), np.nan, np.nan),
+    }
+    rows.update({f"gain in log p(group): {k}": bootstrap_ci(v, 1000, seed) for k, v in gains.items()})
+    return pd.DataFrame(rows, index=["nats", "lo", "hi"]).T
+
+
+def observer_table(net, world: RecWorld, n: int, k: int, kinds, seed: int = 0) -> pd.DataFrame:
+    """NDCG@10 with k demonstrations all of one kind: the decoder, the observer with the training prior
+    over kinds, and the observer that knows the tested condition (Eq. (B2) with the condition's kinds)."""
+    q = world.sample_queries(n, np.random.default_rng([seed, 50]))
+    out = {}
+    for j, kind in enumerate(kinds):
+        b = world.with_demos(q, k, kind, np.random.default_rng([seed, 51, j]))
+        out[kind] = {
+            "decoder": ranking_metrics(td.score_candidates(net, b))["NDCG@10"].mean(),
+            "observer, training prior": ranking_metrics(world.bayes_scores(b))["NDCG@10"].mean(),
+            "observer, tested condition": ranking_metrics(world.bayes_scores(b, kind_probs="condition"))[
+                "NDCG@10"
+            ].mean(),
+        }
+    return pd.DataFrame(out).T
 
 
 def noisy_pool(world: RecWorld, sizes: RobustSizes, rng: np.random.Generator, t0: int = 0) -> Demos:
@@ -326,3 +369,63 @@ def drift_study(net, base: WorldConfig, sizes: RobustSizes, seed: int = 0) -> pd
             mean, lo, hi = bootstrap_ci(v, 1000, seed)
             out.append({"era": e, "t0": t0, "method": name, "NDCG@10": mean, "lo": lo, "hi": hi})
     return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- the chapter's tables, cached
+
+#: modules whose source decides the chapter's testbed numbers (their hash enters the cache key)
+CODE = ("lrgd.robust", "lrgd.demos.effect", "lrgd.demos.effect_rank", "lrgd.demos.testbed_effect",
+        "lrgd.testbeds", "lrgd.metrics")  # fmt: skip
+
+
+def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
+    """Every testbed table of chapter 4 (sections 4.1–4.6), computed."""
+    r = prof.robust
+    world = refit_world(prof.world, r, seed)
+    t = {"info": information_table(world, r.n_users * 10, seed)}
+    kinds = ("same", "other", "cluster", "flipped", "popular", "corrupted")
+    t["observer"] = observer_table(net, world, r.n_users * 5, 6, kinds, seed)
+    ev = tbe.effect_variants(net, world, prof.effect.testbed_queries, prof.effect.testbed_pool, seed)
+    t["variants"] = tbe.variants_table(ev, seed=seed).assign(source=ev.valid_source)
+    st = build_study(net, world, r, seed)
+    t["pairs"] = pair_interactions(st, r.pair_users)
+    sets, searches = choose(st)
+    t["methods"] = method_table(st, sets)
+    for g in ("unguarded", "guarded"):
+        t[f"collapse {g}"] = collapse_curves(st, searches[g])
+    robust = f"robust Effect_D top-k (λ = {r.lam:g})"
+    pairs_of = {"guarded − unguarded": ("two-stage (guarded)", "two-stage (no guards)"),
+                "guarded − stage 1": ("two-stage (guarded)", "Effect_D top-k (stage 1)"),
+                "robust − plain Effect_D": (robust, "Effect_D top-k (stage 1)")}  # fmt: skip
+    t["comparisons"] = pd.DataFrame({k: paired(st, sets[a], sets[b]) for k, (a, b) in pairs_of.items()}).T
+    t["perturbation"] = perturbation_curves(st, sets, r.perturbations, r.rates)
+    t["lambda"] = lam_tradeoff(st)
+    t["drift"] = drift_study(net, prof.world, r, seed)
+    return t
+
+
+def _records(df: pd.DataFrame) -> dict:
+    """A frame as JSON records (NaN → null) and the names of its index columns (unnamed labels: "row")."""
+    if isinstance(df.index, pd.RangeIndex):
+        return {"index": None, "records": json.loads(df.to_json(orient="records"))}
+    df = df.rename_axis([n or "row" for n in df.index.names])
+    return {"index": list(df.index.names), "records": json.loads(df.reset_index().to_json(orient="records"))}
+
+
+def _frame(blob: dict) -> pd.DataFrame:
+    df = pd.DataFrame(blob["records"])
+    return df.set_index(blob["index"]) if blob["index"] else df
+
+
+def chapter_tables(net, weights: str, prof, seed: int = 0) -> tuple[dict[str, pd.DataFrame], bool]:
+    """Chapter 4's testbed tables and whether they came from the cache (``results/<profile>/robust/``),
+    keyed by the profile sections used, the seed, the decoder's weights hash and the code of :data:`CODE`."""
+    parts = {"robust": asdict(prof.robust), "world": asdict(prof.world), "decoder": asdict(prof.decoder),
+             "effect": asdict(prof.effect), "seed": seed, "weights": weights,
+             "code": code_hash(*CODE)}  # fmt: skip
+
+    def make() -> dict:
+        return {k: _records(v) for k, v in _compute_tables(net, prof, seed).items()}
+
+    blob, hit = cached_json(results_dir(prof.name) / "robust" / "testbed-tables.json", parts, make)
+    return {k: _frame(v) for k, v in blob.items()}, hit
