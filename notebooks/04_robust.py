@@ -355,7 +355,7 @@ for name in R.perturbations:
             {"perturbation": name, "rate": rate, "gain over k = 0": d["diff"], "lo": d["lo"], "hi": d["hi"]}
         )
 rg = pd.DataFrame(rows)
-show(rg.pivot_table(index="rate", columns="perturbation", values="gain over k = 0"), "reader",
+show(rg.pivot_table(index="rate", columns="perturbation", values="gain over k = 0").rename(index="{:g}".format), "reader",
      f"{reader} on {R.reader_dataset}: in-context gain (ΔNDCG@10 over k = 0) of {R.reader_k} recent "
      f"demonstrations perturbed at each rate ({R.reader_users} users)")  # fmt: skip
 
@@ -370,6 +370,19 @@ ax.set(
 )
 ax.legend(frameon=False)
 plt.show()
+
+# %% tags=["remove-input"]
+g = rg.set_index(["perturbation", "rate"])["gain over k = 0"]
+clean, top = g.xs(0.0, level="rate").iloc[0], max(R.reader_rates)
+flip, hist = g[("flip_next", top)], min(g[(n, top)] for n in R.perturbations if n != "flip_next")
+where = ("mostly from the demonstrations' answers" if flip < clean / 2 <= hist
+         else "not from the answers alone" if flip >= clean / 2 else "from the answers and the histories")  # fmt: skip
+display(
+    Markdown(
+        f"With clean demonstrations the gain is {clean:+.3f}; with every answer flipped it is {flip:+.3f}, and with "
+        f"histories perturbed at rate {top:g} at least {hist:+.3f}: the reader's in-context gain comes {where}."
+    )
+)
 
 # %% [markdown]
 # ## Summary of this chapter's checks
