@@ -58,6 +58,10 @@ def gain_table(
     return df
 
 
+#: how the figure names a selector (the runner's ``perturbed`` at its defaults: recent, every answer flipped)
+LABELS = {"recent": "recent (transitions)", "perturbed": "corrupted (answers flipped)"}
+
+
 def gain_figure(df: pd.DataFrame):
     """In-context gain (ΔNDCG@10 over k = 0, 95% CI) against k, one panel per dataset, one line per
     selector; the vote's gain over popularity with the same selector dashed. Returns the Figure."""
@@ -68,10 +72,10 @@ def gain_figure(df: pd.DataFrame):
     for ax, name in zip(axes[0], names):
         for j, (sel, g) in enumerate(df[df["dataset"] == name].groupby("selector", sort=False)):
             g = g.sort_values("k")
-            color = f"C{j}"
+            color, label = f"C{j}", LABELS.get(sel, sel)
             ax.errorbar(g["k"], g["gain"], yerr=[g["gain"] - g["gain lo"], g["gain hi"] - g["gain"]],
-                        fmt="o-", ms=3, capsize=2, color=color, label=f"reader, {sel}")  # fmt: skip
-            ax.plot(g["k"], g["vote gain"], "--", color=color, lw=1, label=f"vote ceiling, {sel}")
+                        fmt="o-", ms=3, capsize=2, color=color, label=f"reader, {label}")  # fmt: skip
+            ax.plot(g["k"], g["vote gain"], "--", color=color, lw=1, label=f"vote, {label}")
         ax.axhline(0, color="k", lw=0.7)
         ax.set_xscale("log", base=2)
         ax.set(title=name, xlabel="demonstrations k", ylabel="ΔNDCG@10 vs k = 0")
