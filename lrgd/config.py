@@ -188,14 +188,15 @@ _ALL_SELECTORS = ("zero-shot", "random", "recent", "similarity", "popular")
 class EvalSizes:
     """Chapter 2: the recommender evaluation.
 
-    ``ci`` is cut to fit one first execution of the chapter in about 5 minutes on 2 CPU cores: 20 users
-    per dataset, demonstrations (k > 0) only on the two datasets with short titles (``icl_datasets``),
-    the variant chosen on two datasets, the k curve and the position check on fewer users (the first
-    users of the table's sample, so their k = 0 and k = 2 runs are read from the table's cache).
+    ``ci`` is cut to fit the CI budget (one first execution of the chapter in about 7 minutes on 2 CPU
+    cores): 15 users per dataset, demonstrations (k > 0) only on the two datasets with short titles
+    (``icl_datasets``), the variant chosen on two datasets, the k curve and the position check on fewer
+    users (the first users of the table's sample, so their k = 0 and k = 2 runs are read from the table's
+    cache).
     """
 
-    n_users: int | None = 20  # test users per dataset (None: all)
-    n_valid_users: int | None = 20  # validation users per dataset, to choose the score variant
+    n_users: int | None = 15  # test users per dataset (None: all)
+    n_valid_users: int | None = 10  # validation users per dataset, to choose the score variant
     valid_datasets: tuple[str, ...] = ("amazon-games", "ml-100k")  # where the variant is chosen (pooled)
     similarity_pool: int = 300  # pool users embedded for the similarity selector
     table_datasets: tuple[str, ...] = _TABLE
@@ -229,7 +230,7 @@ class EffectSizes:
     n_users: int = 10  # §3.4: users on the real LLM
     testbed_queries: int = 200  # §3.2–3.3: query users of testbed B
     testbed_pool: int = 24  # §3.2–3.3: candidate demonstrations of testbed B
-    select_pool: int = 30  # §3.5: candidate demonstrations ranked by Effect_D per dataset (M)
+    select_pool: int = 20  # §3.5: candidate demonstrations ranked by Effect_D per dataset (M)
 
     def validate(self) -> EffectSizes:
         if min(self.n_demos, self.n_users, self.testbed_queries, self.testbed_pool, self.select_pool) < 1:
@@ -300,7 +301,8 @@ class ReaderSizes:
     models: tuple[str, ...] = ("trained:reader-anon",)  # the designs trained and compared in chapter 2b
     dual_users: int = 40  # held-out users of the dual view and the Effect_D study (§2b.5)
     dual_demos: int = 30  # candidate demonstrations per user in the Effect_D study
-    n_users: int | None = 500  # evaluated users per dataset (the reader scores a user in one pass)
+    n_users: int | None = 400  # evaluated users per dataset (the reader scores a user in one pass)
+    n_valid_users: int | None = 200  # validation users per dataset (where the selector and k are chosen)
 
     def validate(self) -> ReaderSizes:
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
@@ -361,7 +363,7 @@ class RobustSizes:
 
     n_valid_next: int = 4  # validation next items per user: the first half trains stage 2, the rest stop it
     user_noise: float = 0.3  # users differ within a group (chapter 1b: 0)
-    n_users: int = 200  # test users (each with its own validation items)
+    n_users: int = 150  # test users (each with its own validation items)
     n_pool: int = 24  # candidate demonstrations (shared pool)
     pool_kinds: tuple[tuple[str, float], ...] = (
         ("same", 0.55),
@@ -371,6 +373,7 @@ class RobustSizes:
     )  # kinds of the pool (own group = same)
     k: int = 4  # demonstrations per prompt
     pair_users: int = 60  # users of the pair-interaction study
+    variant_users: int = 100  # users of the Effect_D variants study (§4.2; pool: effect.testbed_pool)
     perturbations: tuple[str, ...] = ("flip_next", "random", "shuffle")  # test-time noise on demonstrations
     rates: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     robust_perturbation: str = "random"  # the perturbation the robust score averages over
@@ -381,7 +384,7 @@ class RobustSizes:
     max_iters: int = 6  # stage-2 iterations
     patience: int = 1  # early stopping on the held-out validation items
     max_swaps: int = 2  # trust region: members that may differ from the stage-1 set
-    eras: int = 4  # calendar eras of the drift study
+    eras: int = 3  # calendar eras of the drift study
     era_gap: int = 6  # time steps between eras
     drift: float = 0.25  # drift of the drift study's world (chapter 1b: 0)
     reader_dataset: str = "ml-100k"  # the reader's perturbation curve (real data)
@@ -465,13 +468,14 @@ _PROFILES = {
         ceiling=CeilingSizes(selectors=_FULL_SELECTORS, ks=_FULL_KS,
                              n_users=1000, n_valid_users=500),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
-                           steps=12000, batch=64, n_users=1000, eval_ks=_FULL_KS,
+                           steps=12000, batch=64, n_users=1000, n_valid_users=500, eval_ks=_FULL_KS,
                            dual_users=200, dual_demos=50,
                            eval_selectors=("recent", "similarity", "random"),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
-        robust=RobustSizes(n_users=1000, n_pool=48, pair_users=200, n_copies=8, eras=6, reader_users=1000,
+        robust=RobustSizes(n_users=1000, n_pool=48, pair_users=200, variant_users=500, n_copies=8, eras=6,
+                           reader_users=1000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
     ),
     "gpu": Profile(
@@ -490,12 +494,13 @@ _PROFILES = {
                              n_users=None, n_valid_users=1000),
         reader=ReaderSizes(train_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-scientific"),
                            hidden=256, layers=4, heads=8, intermediate=768, steps=50000, batch=128,
-                           n_users=None, eval_ks=_FULL_KS,
+                           n_users=None, n_valid_users=None, eval_ks=_FULL_KS,
                            eval_selectors=("recent", "similarity", "random"),
                            eval_datasets=("ml-100k", "amazon-beauty", "amazon-toys", "amazon-games"),
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
-        robust=RobustSizes(n_users=4000, n_pool=64, pair_users=500, n_copies=16, eras=8, reader_users=5000,
+        robust=RobustSizes(n_users=4000, n_pool=64, pair_users=500, variant_users=2000, n_copies=16, eras=8,
+                           reader_users=5000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
     ),
 }  # fmt: skip

@@ -294,14 +294,14 @@ show(g[cols].set_index(["dataset", "selector", "k"]), "gain",
 # that cell's test gain, Holm-adjusted over the datasets:
 
 # %%
-valid_gain = rr.gain_table(runner, main, RD.eval_datasets, RD.eval_selectors, RD.eval_ks, RD.n_users, seed,
-                           split="valid")  # fmt: skip
+valid_gain = rr.gain_table(runner, main, RD.eval_datasets, RD.eval_selectors, RD.eval_ks, RD.n_valid_users,
+                           seed, split="valid")  # fmt: skip
 pick = valid_gain.loc[valid_gain.groupby("dataset")["gain"].idxmax()].set_index("dataset")
 picked = pd.DataFrame([g[(g["dataset"] == d) & (g["selector"] == p["selector"]) & (g["k"] == p["k"])].iloc[0]
                        for d, p in pick.iterrows()]).set_index("dataset")  # fmt: skip
 picked["p (Holm)"] = holm(picked["p"].to_numpy(dtype=float))
 cols = ["selector", "k", "gain", "gain lo", "gain hi", "p (Holm)", "vote gain", "share"]
-show(picked[cols], "picked", f"{main}: test gain of the (selector, k) chosen on validation users",
+show(picked[cols], "picked", f"{main}: test gain of the (selector, k) chosen on {RD.n_valid_users} validation users",
      formats={"p (Holm)": format_p})  # fmt: skip
 
 # %% tags=["remove-input"]

@@ -141,7 +141,7 @@ vt = T["variants"]
 cols = ["pooled ρ", "CI low", "CI high", "within ρ", "w. CI low", "w. CI high"]
 keep = vt.index.get_level_values("gain").isin(["rank-loss drop", "NDCG@10 gain"])
 show(vt[keep][cols], "variants", f"validation signal = {vt['source'].iloc[0]}; Spearman ρ of each Effect_D variant with the true gain "
-     f"({prof.effect.testbed_queries} users × {prof.effect.testbed_pool} demonstrations)")  # fmt: skip
+     f"({R.variant_users} users × {prof.effect.testbed_pool} demonstrations)")  # fmt: skip
 legal = vt.loc[("validation", "rank", "secant", "rank-loss drop")]
 checks.check("Effect_D on the validation next item predicts the test rank-loss gain within users (lower CI)",
              legal["w. CI low"], 0.0, at_least=True, fmt="{:.3f}", tfmt="{:g}")  # fmt: skip
@@ -175,8 +175,8 @@ display(
 pairs = T["pairs"]
 rho_add = spearman_ci(pairs["g_a"] + pairs["g_b"], pairs["g_ab"], seed=seed, groups=pairs["user"].to_numpy())
 r2 = 1 - pairs["interaction"].var() / pairs["g_ab"].var()
-by = pairs.groupby("same group")["interaction"].agg(["mean", "std", "count"]).rename(index={True: "same group",
-                                                                                              False: "different groups"})  # fmt: skip
+by = pairs.groupby("same group")["interaction"].agg(["mean", "std", "count"])
+by = by.rename(index={True: "a and b from the same group", False: "from different groups"}).rename_axis(None)
 show(by, "pairs", f"interaction g(a,b) − g(a) − g(b) in rank loss ({len(pairs)} (user, pair) draws)")
 fig, ax = plt.subplots(figsize=(4.6, 3.6))
 ax.scatter(pairs["g_a"] + pairs["g_b"], pairs["g_ab"], s=6, alpha=0.4)
@@ -263,14 +263,17 @@ display(
 
 # %%
 pc = T["perturbation"]
-fig, axes = plt.subplots(1, len(R.perturbations), figsize=(4 * len(R.perturbations), 3.4), sharey=True)
+shown = [m for m in pc["method"].unique() if m != "two-stage (no guards)"]  # the table above has it
+fig, axes = plt.subplots(1, len(R.perturbations), figsize=(4.2 * len(R.perturbations), 3.6), sharey=True)
 for ax, name in zip(np.atleast_1d(axes), R.perturbations):
-    for method, g in pc[pc["perturbation"] == name].groupby("method", sort=False):
+    for method in shown:
+        g = pc[(pc["perturbation"] == name) & (pc["method"] == method)]
         ax.plot(g["rate"], g["NDCG@10"], "-o", ms=3, label=method)
-        ax.fill_between(g["rate"], g["lo"], g["hi"], alpha=0.12)
-    ax.set(title=name, xlabel="perturbation rate")
+        ax.fill_between(g["rate"], g["lo"], g["hi"], alpha=0.08)
+    ax.set(title=f"test-time {name}", xlabel="perturbation rate")
 np.atleast_1d(axes)[0].set_ylabel("test NDCG@10 (95% CI)")
-np.atleast_1d(axes)[-1].legend(frameon=False, fontsize=7)
+fig.legend(*np.atleast_1d(axes)[0].get_legend_handles_labels(), loc="lower center", ncol=len(shown), frameon=False,
+           fontsize=8, bbox_to_anchor=(0.5, -0.06))  # fmt: skip
 plt.show()
 
 # %%

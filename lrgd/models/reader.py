@@ -366,8 +366,8 @@ def weights_key(sizes: ReaderSizes, data: dict[str, str], embedder_fp: str, seed
     """Hash of everything the trained weights depend on: the training sizes (evaluation-only ones
     excluded), each training dataset's fingerprint (``data`` name → fingerprint), the title embedder,
     this module's source and the seed."""
-    evaluation = ("eval_ks", "eval_datasets", "eval_selectors", "models", "n_users", "threads", "dual_users",
-                  "dual_demos")  # fmt: skip
+    evaluation = ("eval_ks", "eval_datasets", "eval_selectors", "models", "n_users", "n_valid_users",
+                  "threads", "dual_users", "dual_demos")  # fmt: skip
     train = {k: v for k, v in asdict(sizes).items() if k not in evaluation}
     return content_key(
         {"sizes": train, "data": data, "embedder": embedder_fp, "code": code_hash("lrgd.models.reader"),

@@ -385,7 +385,7 @@ def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
     t = {"info": information_table(world, r.n_users * 10, seed)}
     kinds = ("same", "other", "cluster", "flipped", "popular", "corrupted")
     t["observer"] = observer_table(net, world, r.n_users * 5, 6, kinds, seed)
-    ev = tbe.effect_variants(net, world, prof.effect.testbed_queries, prof.effect.testbed_pool, seed)
+    ev = tbe.effect_variants(net, world, r.variant_users, prof.effect.testbed_pool, seed)
     t["variants"] = tbe.variants_table(ev, seed=seed).assign(source=ev.valid_source)
     st = build_study(net, world, r, seed)
     t["pairs"] = pair_interactions(st, r.pair_users)
