@@ -279,7 +279,7 @@ test_selectors = (*RD.eval_selectors, "perturbed")  # perturbed: recent with eve
 for name in RD.models:
     gains[name] = rr.gain_table(runner, name, RD.eval_datasets, test_selectors, RD.eval_ks, RD.n_users, seed)
     fig = rr.gain_figure(gains[name])
-    fig.suptitle(f"{name}: in-context gain vs the vote ceiling", fontsize=9)
+    fig.suptitle(f"{name}: in-context gain vs the vote ceiling", fontsize=9, y=1.03)
     plt.show()
 main = RD.models[0]
 g = gains[main]
