@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread, restored afterwards: the test models are tiny and two threads crawl on a shared
+    2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """A 2-layer Llama with GQA (4 query heads, 2 KV heads) and random weights, in float64."""

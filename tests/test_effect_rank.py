@@ -15,14 +15,7 @@ from lrgd.demos import effect_rank as fr
 from lrgd.demos.effect import SlotPrompt
 from lrgd.errors import ConfigError, ModelError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and two threads crawl on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

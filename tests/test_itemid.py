@@ -34,13 +34,7 @@ def chain_dataset(n_users: int = 200, n_items: int = 40, seed: int = 0) -> Datas
     return Dataset("synthetic", items, seqs, Path("<chain>"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """torch on one thread (restored afterwards): these models are tiny and the CPUs shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,15 @@ each perturbation touches, the leakage guard on replacements, the vote reading p
 from __future__ import annotations
 
 import pytest
-from test_select import leaky_dataset, runner_for, select, twin_dataset
+import test_select
+from test_select import select
 
 from lrgd.errors import ConfigError
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.references import REFERENCES
 from lrgd.rec.runner import Runner
 
-
-@pytest.fixture(scope="module")
-def leaky(tmp_path_factory) -> Runner:
-    return runner_for(leaky_dataset(), tmp_path_factory.mktemp("leaky"))
-
-
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory) -> Runner:
-    return runner_for(twin_dataset(), tmp_path_factory.mktemp("twins"))
+leaky, twins = test_select.leaky, test_select.twins  # the module-scoped runner fixtures of test_select
 
 
 def perturbed(runner: Runner, user: str, k: int, **params):
