@@ -49,11 +49,12 @@ _build/notebooks/.params: FORCE
 	@mkdir -p $(@D)
 	@echo '$(PARAMS)' | cmp -s - $@ || echo '$(PARAMS)' > $@
 
-_build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py _build/notebooks/.params $(STAMP)
+_build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hide_injected.py _build/notebooks/.params $(STAMP)
 	@p="$$($(BIN)/python scripts/nb_params.py $< $(PARAMS))"; echo "== executing $< [$$p]"; \
 	$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $< && \
 	$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $$p \
 	  || { echo "!! $< failed; the failing cell is shown above. Partial output: $(@D)/$*.run.ipynb"; exit 1; }
+	@$(BIN)/python scripts/hide_injected.py $(@D)/$*.run.ipynb  # the page shows the parameters cell, not papermill's copy
 	@mv $(@D)/$*.run.ipynb $@ && rm -f $(@D)/$*.src.ipynb
 
 notebooks: $(NB_OUT)

@@ -68,3 +68,22 @@ def test_make_passes_every_documented_parameter_to_each_declaring_notebook():
         assert got_names == documented & set(declared(nb)), nb.name
         for name, value in zip(got[1::3], got[2::3]):
             assert value == passed[name]
+
+
+def test_hide_injected_tags_only_papermills_cell(tmp_path) -> None:
+    """The executed notebook's injected-parameters cell gets ``remove-cell`` (once); the notebook's own
+    parameters cell and the others keep their tags."""
+    import json
+
+    from hide_injected import hide
+
+    cells = [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "seed = 0"},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "seed = 1"},
+        {"cell_type": "code", "metadata": {}, "source": "print(seed)"},
+    ]
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert hide(path) == 1 and hide(path) == 0
+    tags = [c["metadata"].get("tags", []) for c in json.loads(path.read_text())["cells"]]
+    assert tags == [["parameters"], ["injected-parameters", "remove-cell"], []]
