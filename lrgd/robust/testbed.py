@@ -165,22 +165,22 @@ class Study:
         return len(self.queries)
 
     def train_rows(self, i: int) -> np.ndarray:
-        return np.arange(self.sizes.n_valid_next // 2) * self.n + i
+        return _item_rows(self.n, range(self.sizes.n_valid_next // 2), i)
 
     def holdout_rows(self, i: int) -> np.ndarray:
-        return np.arange(self.sizes.n_valid_next // 2, self.sizes.n_valid_next) * self.n + i
+        return _item_rows(self.n, range(self.sizes.n_valid_next // 2, self.sizes.n_valid_next), i)
 
 
-def _effects(net, users: list, pool: Demos, width: int) -> np.ndarray:
+def _item_rows(n: int, items: range, i: int) -> np.ndarray:
+    """Rows of user ``i``'s validation ``items`` among the V · N stacked rows (row j · N + i)."""
+    return np.asarray(items) * n + i
+
+
+def _effects(net, users: list, pool: Demos) -> np.ndarray:
     """Effect_D [M, len(users)] of every pool demonstration (rank loss, secant)."""
     ids = tbe.pool_tokens(pool)
     d_states = fx.demo_states(net, users, ids)
     return fx.effect_matrix(d_states, fx.user_states(net, users, loss="rank")).numpy()
-
-
-def _train_rows(n: int, v: int) -> np.ndarray:
-    """Validation rows of the train half, user-major: user 0's items, then user 1's, …"""
-    return np.concatenate([np.arange(v // 2) * n + i for i in range(n)])
 
 
 def build_study(
@@ -199,10 +199,11 @@ def build_study(
     pool = noisy_pool(world, sizes, np.random.default_rng([seed, 47]), t0=t0)
     valid = stacked_validation(world, q, seed)
     width = world.config.demo_history_len + 3
-    users = tbe.slot_prompts(rows(valid, _train_rows(len(q), sizes.n_valid_next)), width, candidates=True)
+    train = np.concatenate([_item_rows(len(q), range(sizes.n_valid_next // 2), i) for i in range(len(q))])
+    users = tbe.slot_prompts(rows(valid, train), width, candidates=True)  # user-major: user 0's items first
 
     def effects(p: Demos) -> np.ndarray:  # [M, N], averaged over the user's train items
-        return _effects(net, users, p, width).reshape(p.k, len(q), -1).mean(-1)
+        return _effects(net, users, p).reshape(p.k, len(q), -1).mean(-1)
 
     effect, rob = effects(pool), np.zeros((0, pool.k, len(q)))
     if robust:
@@ -247,13 +248,11 @@ def choose(st: Study) -> tuple[dict[str, np.ndarray], dict[str, list]]:
 # ----------------------------------------------------------------------------- measuring
 
 
-def ndcg(
-    st: Study, sets: np.ndarray | None, demos: Demos | None = None, q: Queries | None = None
-) -> np.ndarray:
+def ndcg(st: Study, sets: np.ndarray | None, demos: Demos | None = None) -> np.ndarray:
     """Per-user NDCG@10 on the test target with ``sets`` (None: zero-shot) or prebuilt ``demos``."""
-    q = st.queries if q is None else q
-    sets = np.zeros((len(q), 0), dtype=int) if sets is None and demos is None else sets
-    return ranking_metrics(scores(st.net, q, st.pool, sets, demos))["NDCG@10"]
+    if sets is None and demos is None:
+        sets = np.zeros((st.n, 0), dtype=int)
+    return ranking_metrics(scores(st.net, st.queries, st.pool, sets, demos))["NDCG@10"]
 
 
 def method_table(st: Study, sets: dict[str, np.ndarray], n_boot: int = 1000) -> pd.DataFrame:
