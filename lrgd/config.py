@@ -399,6 +399,8 @@ class RobustSizes:
             )
         if not 1 <= self.k < self.n_pool:
             raise ConfigError(f"robust.k must lie in [1, n_pool={self.n_pool}), got {self.k}")
+        if self.lam not in self.lams:
+            raise ConfigError(f"robust.lam={self.lam} must be one of robust.lams={self.lams}")
         if any(not 0 <= r <= 1 for r in (*self.rates, *self.reader_rates, self.robust_rate)):
             raise ConfigError("robust rates must lie in [0, 1]")
         if min(self.n_users, self.pair_users, self.n_copies, self.eras, self.max_iters) < 1:
