@@ -200,13 +200,21 @@ def refine(
     tol: float = 0.0,
     seed: int = 0,
     verbose: bool = False,
+    state: dict | None = None,
+    on_iteration: Callable[[dict], None] | None = None,
 ) -> SearchResult:
     """Stage 2: swap local search from ``start`` [k] minimising (O1), with the collapse guards.
 
     candidates: pool ids a swap may bring in (default: the whole pool). max_moves: evaluate at most this
-    many swaps per iteration (a seeded random subset). A move must lower the best J by more than ``tol``;
-    equally good moves go to the lexicographically smallest set, so a run is deterministic given ``seed``.
+    many swaps per iteration (a random subset seeded by (seed, iteration), so a resumed run draws the same
+    subsets). A move must lower the best J by more than ``tol``; equally good moves go to the
+    lexicographically smallest set, so a run is deterministic given ``seed``.
     No guards: ``patience=None, keep_best=False`` (and no max_swaps / trust / penalty).
+
+    Resuming: ``on_iteration(state)`` is called with a JSON-ready dict after the start set is scored and
+    after every iteration (``state["done"]`` once the search has ended); ``refine(..., state=that dict)``
+    with the same arguments continues from it and returns what the uninterrupted run returns (the search
+    keeps no other state: each iteration's randomness comes from (seed, iteration)).
     """
     start = _check_set(start, objective.n_pool)
     train, hold = _check_users(train_users, holdout_users)
@@ -218,58 +226,124 @@ def refine(
         raise ConfigError(f"refine: beam, patience, max_moves ≥ 1 (None: off), max_iters ≥ 0; got {bad}")
     if max_swaps is not None and max_swaps < 0:
         raise ConfigError(f"refine: max_swaps must be None or ≥ 0, got {max_swaps}")
-    rng = np.random.default_rng([seed, 13])
     pen = (lambda sets: np.zeros(len(sets))) if penalty is None else penalty
-    calls, evals = 2, len(train) + len(hold)
 
     def value(sets):  # (O1) for sets [c, k]: (train loss, J)
         loss = _mean_loss(objective, train, sets)
         return loss, loss + np.asarray(pen(sets), dtype=np.float64)
 
-    beam_sets, (beam_loss, beam_j) = start[None], value(start[None])
-    rows = {"sets": [start], "train": [beam_loss[0]], "J": [beam_j[0]]}
-    rows["hold"], rows["evals"] = [_mean_loss(objective, hold, start[None])[0]], [evals]
-    best_iter, since_best, stopped_by = 0, 0, "max_iters"
-    steps = progress(range(max_iters), "stage 2") if verbose else range(max_iters)
-    for _ in steps:
-        moves = np.unique(np.concatenate([_swaps(s, pool) for s in beam_sets]), axis=0)
-        moves = moves[~(moves[:, None] == beam_sets[None]).all(-1).any(1)]  # not already in the beam
-        at_edge = False
-        if max_swaps is not None:
-            inside = (~np.isin(moves, start)).sum(1) <= max_swaps
-            at_edge, moves = not inside.all(), moves[inside]
-        if trust is not None and len(moves):
-            ok = np.asarray(trust(moves), dtype=bool)
-            at_edge, moves = at_edge or not ok.all(), moves[ok]
-        if max_moves is not None and len(moves) > max_moves:
-            moves = moves[np.sort(rng.choice(len(moves), max_moves, replace=False))]
-        if not len(moves):
-            stopped_by = "trust_region" if at_edge else "no_moves"
+    if state is None:
+        beam_loss, beam_j = value(start[None])
+        held0 = _mean_loss(objective, hold, start[None])[0]
+        st = _initial_state(start, beam_loss, beam_j, held0, len(train) + len(hold))
+        if on_iteration is not None:
+            on_iteration(_json_state(st))
+    else:
+        st = _resumed_state(state, start)
+    first = st["iteration"]
+    steps = range(first, max_iters)
+    if verbose and not st["done"]:
+        steps = progress(steps, "stage 2", total=max(0, max_iters - first))
+    for it in () if st["done"] else steps:
+        _iterate(st, it, objective, value, start, pool, train, hold, max_swaps, trust, max_moves, tol, beam,
+                 patience, seed)  # fmt: skip
+        if on_iteration is not None:
+            on_iteration(_json_state(st))
+        if st["done"]:
             break
-        loss, j = value(moves)
-        calls, evals = calls + 1, evals + len(moves) * len(train)
-        if j.min() >= beam_j.min() - tol:
-            stopped_by = "trust_region" if at_edge else "converged"
-            break
-        keep = np.argsort(np.concatenate([beam_j, j]), kind="stable")[:beam]  # old beam ∪ moves
-        beam_sets = np.concatenate([beam_sets, moves])[keep]
-        beam_loss, beam_j = np.concatenate([beam_loss, loss])[keep], np.concatenate([beam_j, j])[keep]
-        held = _mean_loss(objective, hold, beam_sets[:1])[0]
-        calls, evals = calls + 1, evals + len(hold)
-        rows["sets"].append(beam_sets[0])
-        rows["train"].append(beam_loss[0])
-        rows["J"].append(beam_j[0])
-        rows["hold"].append(held)
-        rows["evals"].append(evals)
-        if held < rows["hold"][best_iter]:
-            best_iter, since_best = len(rows["hold"]) - 1, 0
-        else:
-            since_best += 1
-            if patience is not None and since_best >= patience:
-                stopped_by = "early_stop"
-                break
-    sets = np.stack(rows["sets"])
-    chosen = best_iter if keep_best else len(sets) - 1
+    if not st["done"]:
+        st["done"] = True
+        if on_iteration is not None:
+            on_iteration(_json_state(st))
+    return _result(st, start, keep_best)
+
+
+def _initial_state(start, beam_loss, beam_j, held0, evals) -> dict:
+    """The search state after scoring the start set (row 0 of every per-iteration array)."""
+    return {
+        "iteration": 0, "done": False, "stopped_by": "max_iters", "calls": 2,
+        "beam_sets": start[None].copy(), "beam_loss": beam_loss, "beam_j": beam_j,
+        "rows": {"sets": [start.tolist()], "train": [float(beam_loss[0])], "J": [float(beam_j[0])],
+                 "hold": [float(held0)], "evals": [int(evals)]},
+        "best_iter": 0, "since_best": 0,
+    }  # fmt: skip
+
+
+def _json_state(st: dict) -> dict:
+    """``st`` with arrays as lists (floats round-trip exactly through JSON)."""
+    out = dict(st)
+    for key in ("beam_sets", "beam_loss", "beam_j"):
+        out[key] = np.asarray(st[key]).tolist()
+    out["rows"] = {k: list(v) for k, v in st["rows"].items()}
+    return out
+
+
+def _resumed_state(state: dict, start: np.ndarray) -> dict:
+    """A saved state back as arrays; :class:`ConfigError` when it does not belong to this start set."""
+    try:
+        st = dict(state)
+        st["beam_sets"] = np.asarray(state["beam_sets"], dtype=np.int64)
+        st["beam_loss"] = np.asarray(state["beam_loss"], dtype=np.float64)
+        st["beam_j"] = np.asarray(state["beam_j"], dtype=np.float64)
+        st["rows"] = {k: list(v) for k, v in state["rows"].items()}
+        ok = st["rows"]["sets"][0] == start.tolist() and st["beam_sets"].shape[1] == len(start)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"refine: the saved state is not a stage-2 state ({exc}); start over") from exc
+    if not ok:
+        raise ConfigError("refine: the saved state belongs to another start set; start over")
+    return st
+
+
+def _iterate(st, it, objective, value, start, pool, train, hold, max_swaps, trust, max_moves, tol, beam,
+             patience, seed) -> None:  # fmt: skip
+    """One stage-2 iteration on the state ``st`` (in place): evaluate the swaps, move, track the guard."""
+    rng = np.random.default_rng([seed, 13, it])
+    beam_sets, beam_loss, beam_j = st["beam_sets"], st["beam_loss"], st["beam_j"]
+    st["iteration"] = it + 1
+    moves = np.unique(np.concatenate([_swaps(s, pool) for s in beam_sets]), axis=0)
+    moves = moves[~(moves[:, None] == beam_sets[None]).all(-1).any(1)]  # not already in the beam
+    at_edge = False
+    if max_swaps is not None:
+        inside = (~np.isin(moves, start)).sum(1) <= max_swaps
+        at_edge, moves = not inside.all(), moves[inside]
+    if trust is not None and len(moves):
+        ok = np.asarray(trust(moves), dtype=bool)
+        at_edge, moves = at_edge or not ok.all(), moves[ok]
+    if max_moves is not None and len(moves) > max_moves:
+        moves = moves[np.sort(rng.choice(len(moves), max_moves, replace=False))]
+    if not len(moves):
+        st["stopped_by"], st["done"] = ("trust_region" if at_edge else "no_moves"), True
+        return
+    loss, j = value(moves)
+    rows = st["rows"]
+    st["calls"] += 1
+    evals = rows["evals"][-1] + len(moves) * len(train)
+    if j.min() >= beam_j.min() - tol:
+        st["stopped_by"], st["done"] = ("trust_region" if at_edge else "converged"), True
+        return
+    keep = np.argsort(np.concatenate([beam_j, j]), kind="stable")[:beam]  # old beam ∪ moves
+    st["beam_sets"] = np.concatenate([beam_sets, moves])[keep]
+    st["beam_loss"] = np.concatenate([beam_loss, loss])[keep]
+    st["beam_j"] = np.concatenate([beam_j, j])[keep]
+    held = _mean_loss(objective, hold, st["beam_sets"][:1])[0]
+    st["calls"] += 1
+    rows["sets"].append(st["beam_sets"][0].tolist())
+    rows["train"].append(float(st["beam_loss"][0]))
+    rows["J"].append(float(st["beam_j"][0]))
+    rows["hold"].append(float(held))
+    rows["evals"].append(int(evals + len(hold)))
+    if held < rows["hold"][st["best_iter"]]:
+        st["best_iter"], st["since_best"] = len(rows["hold"]) - 1, 0
+    else:
+        st["since_best"] += 1
+        if patience is not None and st["since_best"] >= patience:
+            st["stopped_by"], st["done"] = "early_stop", True
+
+
+def _result(st: dict, start: np.ndarray, keep_best: bool) -> SearchResult:
+    rows = st["rows"]
+    sets = np.asarray(rows["sets"], dtype=np.int64)
+    chosen = st["best_iter"] if keep_best else len(sets) - 1
     return SearchResult(
         best=sets[chosen],
         start=start,
@@ -279,8 +353,8 @@ def refine(
         holdout_loss=np.array(rows["hold"]),
         evals=np.array(rows["evals"]),
         best_iter=chosen,
-        stopped_by=stopped_by,
-        n_calls=calls,
+        stopped_by=st["stopped_by"],
+        n_calls=st["calls"],
     )
 
 
