@@ -391,6 +391,14 @@ class RobustSizes:
     reader_users: int = 200
     reader_k: int = 64  # the k chosen on validation users in chapter 2b (recent)
     reader_rates: tuple[float, ...] = (0.0, 0.5, 1.0)
+    # §4.8 the optimiser on real data (`python -m lrgd optimize` defaults; lrgd.robust.runner_objective)
+    opt_k: int = 8  # demonstrations in the global set
+    opt_pool: int = 40  # candidate demonstrations M
+    opt_valid_users: int = 60  # validation users: half train stage 2, half hold out (early stopping)
+    opt_test_users: int = 200  # test users scored (never validation users or demonstration sources)
+    opt_max_iters: int = 6  # stage-2 iterations
+    opt_max_moves: int = 48  # swaps sampled per iteration
+    opt_patience: int = 2  # early stopping on the held-out validation users
 
     def validate(self) -> RobustSizes:
         if self.n_valid_next < 2:
@@ -478,7 +486,9 @@ _PROFILES = {
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
         robust=RobustSizes(n_users=1000, n_pool=48, pair_users=200, variant_users=500, n_copies=8, eras=6,
                            reader_users=1000,
-                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
+                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           opt_pool=80, opt_valid_users=200, opt_test_users=1000, opt_max_iters=10,
+                           opt_max_moves=96),
     ),
     "gpu": Profile(
         "gpu",
@@ -503,7 +513,9 @@ _PROFILES = {
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
         robust=RobustSizes(n_users=4000, n_pool=64, pair_users=500, variant_users=2000, n_copies=16, eras=8,
                            reader_users=5000,
-                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0)),
+                           reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           opt_pool=120, opt_valid_users=500, opt_test_users=5000, opt_max_iters=15,
+                           opt_max_moves=192),
     ),
 }  # fmt: skip
 

@@ -106,3 +106,51 @@ class PerturbedDemos:
             f"perturbation {self.perturbation!r} kept showing a held-out item of user {user!r} after "
             f"{_TRIES} draws; lower --rate or use --guard own"
         )
+
+
+@register_selector("optimized")
+class OptimizedDemos:
+    """The same k demonstrations for every user, read from a file that ``python -m lrgd optimize`` wrote
+    (:mod:`lrgd.robust.runner_objective`); a demonstration the leakage guard refuses for a user is dropped
+    from that user's prompt (counted in ``guarded``)."""
+
+    demos: str = field(
+        default="", metadata={"help": "demonstration file written by `python -m lrgd optimize`"}
+    )
+    demos_sha256: str = field(
+        default="", metadata={"help": "the content hash --demos must have (default: read from the file)"}
+    )
+    code: ClassVar[tuple[str, ...]] = ("lrgd.robust.runner_objective",)
+
+    def validate(self) -> None:
+        from lrgd.robust.runner_objective import read_demos
+
+        doc = read_demos(self.demos)
+        if self.demos_sha256 and self.demos_sha256 != doc["sha256"]:
+            raise ConfigError(
+                f"--demos {self.demos} has content hash {doc['sha256'][:12]}…, not the --demos-sha256 given; "
+                "pass the file that was asked for or drop --demos-sha256"
+            )
+        object.__setattr__(self, "demos_sha256", doc["sha256"])  # the file's content enters the cache key
+
+    def check_config(self, cfg) -> None:
+        """The file must be for ``cfg``'s dataset, k and history length (one-line ConfigError otherwise)."""
+        from lrgd.robust.runner_objective import read_demos
+
+        doc = read_demos(self.demos)
+        for name, want, got, flag in (
+            ("dataset", doc["dataset"], cfg.dataset, "--dataset"),
+            ("k", doc["k"], cfg.k, "--k"),
+            ("history_len", doc["history_len"], cfg.history_len, "--history"),
+        ):
+            if want != got:
+                raise ConfigError(
+                    f"--demos {self.demos} holds a set for {name}={want}, not {got}; pass {flag} {want} "
+                    f"or optimise a set for {name}={got} with `python -m lrgd optimize`"
+                )
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        from lrgd.robust.runner_objective import file_demos, read_demos, selection_for
+
+        self.check_config(cfg)
+        return selection_for(runner.pool(cfg), user, file_demos(read_demos(self.demos)))
