@@ -1,6 +1,6 @@
 # LRGD companion book. Two commands on a fresh machine:
 #   make book   # venv + install + execute every notebook (papermill) + build the HTML book
-#   make test   # venv + install + execute notebooks + unit tests + nbval + ruff
+#   make test   # venv + install + execute notebooks + unit tests + nbval + ruff + the browser check of the book
 # Parameters (papermill → each notebook's `parameters` cell):
 #   PROFILE=ci|full|gpu   DEVICE=auto|cpu|cuda   MODEL=smollm2-135m|gemma3-270m|/path/to/hf-model
 #   DATASET=amazon-games|amazon-beauty|amazon-toys|amazon-scientific|ml-100k   SEED=0
@@ -20,6 +20,7 @@ DEVICE ?= auto
 MODEL  ?= smollm2-135m
 DATASET ?= amazon-games
 SEED   ?= 0
+CHROMIUM ?= /usr/bin/chromium
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
@@ -27,7 +28,7 @@ LIB      := $(shell find lrgd -name "*.py")
 PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p dataset $(DATASET) -p seed $(SEED)
 STAMP    := $(VENV)/.installed
 
-.PHONY: help venv notebooks book test unit nbval lint format bench clean FORCE
+.PHONY: help venv notebooks book browser test unit nbval lint format bench clean FORCE
 
 help:
 	@sed -n '1,8p' Makefile
@@ -76,7 +77,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint unit nbval
+# ---------------------------------------------------------------- browser check of the built book
+# Debian's Chromium, installed with apt when missing (CI runs as root); Playwright drives it (no download).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== installing chromium with apt (for the browser check)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "error: no Chromium at $(CHROMIUM); install it (sudo apt-get install -y chromium) or pass CHROMIUM=/path/to/chromium"; exit 2; fi
+
+browser: book $(CHROMIUM)
+	$(BIN)/python scripts/check_book.py _build/html --chromium $(CHROMIUM)
+
+test: lint unit nbval browser
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -86,7 +86,8 @@ n_demos = n_demos or cfg.effect.n_demos
 n_users = n_users or cfg.effect.n_users
 prov = Provenance(profile=cfg.name, device=dev, seed=seed, dataset=f"recworld + {dataset}")
 torch.manual_seed(seed)
-torch.set_num_threads(min(2, torch.get_num_threads()))
+llm_threads = min(2, torch.get_num_threads())  # the LLM sections (§3.4–3.5) use two
+torch.set_num_threads(llm_threads)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 checks = Checks()
 print(f"profile={cfg.name} device={dev} model={model} dataset={dataset} seed={seed} M={n_demos} N={n_users}")
@@ -212,6 +213,7 @@ display(Markdown(er.testbed_selection_reading(sel_tb, val_self, tb.usefulness)))
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
 
+torch.set_num_threads(llm_threads)  # back from the tiny decoder's one thread (§3.3)
 runner = Runner(cfg.name, dev, quiet=True)
 lm, data = runner.lm(model), runner.data(dataset)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
