@@ -1,7 +1,10 @@
 """Command line: ``python -m lrgd evaluate ...`` (also installed as ``lrgd``).
 
-Example::
+Examples::
 
+    python -m lrgd optimize --dataset ml-100k --model trained:reader-anon --out demos.json --profile ci
+    python -m lrgd evaluate --method optimized --demos demos.json --k 8 --dataset ml-100k --guard own \
+        --model trained:reader-anon
     python -m lrgd evaluate --dataset amazon-games --method similarity --k 2 --users 100 --profile ci
 
 evaluates one condition with a progress bar, resumes from the per-user file if an earlier run stopped,
@@ -10,6 +13,12 @@ A bad argument, an unknown or missing model and an unavailable device end with
 ``error: <what was wrong and how to fix it>`` and exit status 2; nothing is written. The options of a
 method's parameters (``--similarity-pool``, ``--effect-pool``, ``--effect-users``, ...) are generated from
 the parameters each registered selector or reference declares.
+
+``optimize`` runs the two-stage optimiser (:mod:`lrgd.robust.runner_objective`) with a progress bar,
+writes its state atomically to ``<out>.state.json`` after stage 1 and after every stage-2 iteration, and
+resumes from it when run again with the same arguments (identical result); other arguments are refused
+unless ``--restart``. The demonstration file ``--out`` is what ``evaluate --method optimized --demos``
+reads.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, help="folder holding <dataset>/ (else the search path)"
     )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    _optimize_parser(sub)
     g = e.add_argument_group("method parameters", "declared by the selectors and references that take them")
     for param, owners, default in _method_params().values():
         kind = _bool if param.type is bool else param.type
@@ -81,6 +91,32 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{param.help} ({', '.join(owners)}; default {default})",
         )  # fmt: skip
     return p
+
+
+def _optimize_parser(sub) -> None:
+    """``optimize``: the two-stage optimiser of one global demonstration set (sizes from the profile)."""
+    o = sub.add_parser("optimize", help="optimise one global demonstration set (resumable)")
+    o.add_argument("--dataset", required=True, help="the dataset whose validation users choose the set")
+    o.add_argument("--model", default="trained:reader-anon", help="trained:reader-anon | smollm2-135m | ...")
+    o.add_argument("--profile", default=None, help="ci | full | gpu (sizes: the profile's robust.opt_*)")
+    o.add_argument("--out", type=Path, required=True, help="the demonstration file to write (JSON)")
+    for flag, kind, what in (
+        ("--k", int, "demonstrations in the set (opt_k)"),
+        ("--pool", int, "candidate demonstrations M (opt_pool)"),
+        ("--valid-users", int, "validation users, half held out (opt_valid_users)"),
+        ("--test-users", int, "first test users kept out of choosing (opt_test_users)"),
+        ("--max-iters", int, "stage-2 iterations (opt_max_iters)"),
+        ("--max-moves", int, "swaps sampled per iteration (opt_max_moves)"),
+    ):
+        o.add_argument(flag, type=kind, default=None, help=f"{what}; default from the profile")
+    o.add_argument("--no-guard", action="store_true", help="no collapse guard (no early stop, keep the last)")
+    o.add_argument("--guard", default="own", help="leakage guard: own | held-out")
+    o.add_argument("--seed", type=int, default=0, help="≥ 0")
+    o.add_argument("--restart", action="store_true", help="discard a state file written by other arguments")
+    o.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--results-dir", type=Path, default=None, help="root instead of results/ (tests)")
+    o.add_argument("--data-dir", type=Path, default=None, help="folder holding <dataset>/")
 
 
 def _method_params() -> dict:
@@ -130,6 +166,9 @@ def _evaluate(a: argparse.Namespace) -> int:
         max_new_tokens=a.max_new_tokens,
         params=params,
     ).validate()
+    method = cfg.method_object(profile)
+    if hasattr(method, "check_config"):  # e.g. the optimized selector's file must match the condition
+        method.check_config(cfg)
     runner = Runner(profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
     res = runner.run(cfg)
     print(
@@ -148,11 +187,92 @@ def _evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize_spec(a: argparse.Namespace, profile):
+    from lrgd.robust.runner_objective import OptimizeSpec
+
+    r = profile.robust
+    pick = lambda v, d: d if v is None else v  # noqa: E731
+    return OptimizeSpec(
+        dataset=a.dataset,
+        model=a.model,
+        k=pick(a.k, r.opt_k),
+        n_pool=pick(a.pool, r.opt_pool),
+        n_valid_users=pick(a.valid_users, r.opt_valid_users),
+        n_test_users=pick(a.test_users, r.opt_test_users),
+        max_iters=pick(a.max_iters, r.opt_max_iters),
+        max_moves=pick(a.max_moves, r.opt_max_moves),
+        patience=r.opt_patience,
+        collapse_guard=not a.no_guard,
+        seed=a.seed,
+        guard=a.guard,
+    ).validate()
+
+
+def _optimize(a: argparse.Namespace) -> int:
+    """Run (or resume) the optimiser; the state is written atomically next to ``--out`` after every step."""
+    import json
+    from dataclasses import asdict
+
+    from lrgd.config import get_profile
+    from lrgd.errors import ConfigError
+    from lrgd.rec.runner import Runner
+    from lrgd.results import code_hash, write_json
+    from lrgd.robust import runner_objective as ro
+
+    profile = get_profile(a.profile)
+    spec = _optimize_spec(a, profile)
+    runner = Runner(profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
+    ident = {
+        "spec": asdict(spec),
+        "profile": profile.name,
+        "data": runner.data(spec.dataset).fingerprint,
+        "weights": runner.model_source(spec.model)[1],
+        "code": code_hash("lrgd.robust.optimise", "lrgd.robust.runner_objective"),
+    }
+    path = Path(str(a.out) + ".state.json")
+    state = None
+    if path.is_file() and not a.restart:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{path}: unreadable state file; rerun with --restart to start over") from None
+        if saved.get("ident") != ident:
+            diff = sorted(k for k in ident if saved.get("ident", {}).get(k) != ident[k])
+            raise ConfigError(
+                f"{path} was written by other arguments ({', '.join(diff)} differ); rerun with the same "
+                "arguments to resume, or add --restart to start over"
+            )
+        state = saved["state"]
+        it = state.get("search", {}).get("iteration", 0)
+        print(f"resuming from {path} (stage 2 iteration {it})", file=sys.stderr)
+    save = lambda st: write_json(path, {"ident": ident, "state": st})  # noqa: E731
+    res = ro.optimize(runner, spec, state, on_state=save, verbose=not a.quiet)
+    method = "two-stage" if spec.collapse_guard else "two-stage-unguarded"
+    chosen = [res.sources[int(i)] for i in res.search.best]
+    doc = ro.demos_document(runner, spec, chosen, method, ro.search_summary(res))
+    ro.write_demos(a.out, doc)
+    s = res.search
+    n_valid = f"{len(res.train)}+{len(res.holdout)}"
+    print(f"{spec.dataset} · {spec.model} · k={spec.k} · pool {spec.n_pool} · {n_valid} validation users")
+    h0, hb = s.holdout_loss[0], s.holdout_loss[s.best_iter]
+    print(
+        f"  held-out validation loss {h0:.4f} (stage 1) → {hb:.4f} (iteration {s.best_iter}; {s.stopped_by})"
+    )
+    print(f"  {res.passes} prompts scored ({res.stage1_passes} in stage 1); {res.guarded} guarded demos")
+    print(
+        f"demonstrations: {a.out}  (use: python -m lrgd evaluate --method optimized --demos {a.out} "
+        f"--k {spec.k} --dataset {spec.dataset} --guard {spec.guard})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "optimize":
+            return _optimize(args)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -164,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished users are saved; run the same command again to resume", file=sys.stderr)
+        what = "the last iteration is" if args.command == "optimize" else "finished users are"
+        print(f"interrupted: {what} saved; run the same command again to resume", file=sys.stderr)
         return 130
     return 1
 

@@ -411,45 +411,34 @@ def _emit(state: dict, obj: RunnerObjective, on_state) -> None:
 # ----------------------------------------------------------------------------- the demonstration file
 
 
-def demos_document(
-    runner, res: Optimized, ids: Sequence[int], method: str, extra: dict | None = None
-) -> dict:
-    """The file of the ``optimized`` selector for pool ids ``ids`` of ``res`` (with its content hash)."""
-    spec, st = res.spec, runner.data(res.spec.dataset)
+def demos_document(runner, spec: OptimizeSpec, sources: Sequence[tuple[str, int]], method: str,
+                   extra: dict | None = None) -> dict:  # fmt: skip
+    """The file of the ``optimized`` selector for the demonstrations ``sources`` [(pool user, cut)] in
+    order: each with its item ids and titles, the spec, data and weights it was chosen with, ``extra``
+    (e.g. :func:`search_summary`) and a sha256 of all of it."""
+    st = runner.data(spec.dataset)
     pool = runner.pool(spec.cfg("valid"))
     demos = []
-    for i in ids:
-        src = res.sources[int(i)]
+    for src in sources:
         items = pool.make(*src)[1]
-        demos.append(
-            {"source": list(src), "items": list(items), "titles": [st.ds.items[x].title for x in items]}
-        )
-    s = res.search
+        titles = [st.ds.items[x].title for x in items]
+        demos.append({"source": list(src), "items": list(items), "titles": titles})
     doc = {
-        "format": FORMAT,
-        "dataset": spec.dataset,
-        "model": spec.model,
-        "k": len(demos),
-        "history_len": spec.history_len,
-        "method": method,
-        "demos": demos,
-        "config": asdict(spec),
-        "data_fingerprint": st.fingerprint,
-        "weights": runner.model_source(spec.model)[1],
-        "search": {
-            "train_loss": s.train_loss.tolist(),
-            "holdout_loss": s.holdout_loss.tolist(),
-            "evals": s.evals.tolist(),
-            "best_iter": s.best_iter,
-            "stopped_by": s.stopped_by,
-            "passes": res.passes,
-            "stage1_passes": res.stage1_passes,
-            "guarded": res.guarded,
-        },
-        **(extra or {}),
-    }
+        "format": FORMAT, "dataset": spec.dataset, "model": spec.model, "k": len(demos),
+        "history_len": spec.history_len, "method": method, "demos": demos, "config": asdict(spec),
+        "data_fingerprint": st.fingerprint, "weights": runner.model_source(spec.model)[1], **(extra or {}),
+    }  # fmt: skip
     doc["sha256"] = content_key({k: v for k, v in doc.items() if k != "sha256"}, n=64)
     return doc
+
+
+def search_summary(res: Optimized) -> dict:
+    """What a demonstration file records about the search that chose it."""
+    s = res.search
+    search = {"train_loss": s.train_loss.tolist(), "holdout_loss": s.holdout_loss.tolist(),
+              "evals": s.evals.tolist(), "best_iter": s.best_iter, "stopped_by": s.stopped_by,
+              "passes": res.passes, "stage1_passes": res.stage1_passes, "guarded": res.guarded}  # fmt: skip
+    return {"search": search}
 
 
 def write_demos(path: Path, doc: dict) -> Path:
