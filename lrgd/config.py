@@ -381,6 +381,9 @@ class RobustSizes:
     n_copies: int = 4  # perturbed copies R per demonstration in the robust score
     lams: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # λ swept for the trade-off curve (the first: plain)
     lam: float = 1.0  # λ of the robust selector in the tables
+    mus: tuple[float, ...] = (0.0, 4.0, 16.0, 64.0)  # μ of Eq. (R1)'s step term swept (the first: 0)
+    kl_eps: tuple[float, ...] = (0.1, 0.3)  # KL trust-region radii ε swept for stage 2 (∞ is added)
+    sweep_users: int = 60  # test users of the stage-2 μ and ε sweeps (the first ones)
     max_iters: int = 6  # stage-2 iterations
     patience: int = 1  # early stopping on the held-out validation items
     max_swaps: int = 2  # trust region: members that may differ from the stage-1 set
@@ -411,6 +414,12 @@ class RobustSizes:
             raise ConfigError(f"robust.lam={self.lam} must be one of robust.lams={self.lams}")
         if any(not 0 <= r <= 1 for r in (*self.rates, *self.reader_rates, self.robust_rate)):
             raise ConfigError("robust rates must lie in [0, 1]")
+        if not self.mus or self.mus[0] != 0.0 or any(not 0 <= m < math.inf for m in self.mus):
+            raise ConfigError(f"robust.mus must start with 0.0 and hold finite values ≥ 0, got {self.mus}")
+        if not self.kl_eps or any(not 0 < e < math.inf for e in self.kl_eps):
+            raise ConfigError(f"robust.kl_eps must hold finite values > 0 (∞ is added), got {self.kl_eps}")
+        if self.sweep_users < 1:
+            raise ConfigError(f"robust.sweep_users must be ≥ 1, got {self.sweep_users}")
         if min(self.n_users, self.pair_users, self.n_copies, self.eras, self.max_iters) < 1:
             raise ConfigError("robust sizes (users, copies, eras, iterations) must be ≥ 1")
         return self
@@ -485,7 +494,8 @@ _PROFILES = {
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, epochs=100),
         robust=RobustSizes(n_users=1000, n_pool=48, pair_users=200, variant_users=500, n_copies=8, eras=6,
-                           reader_users=1000,
+                           mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+                           sweep_users=300, reader_users=1000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
                            opt_pool=80, opt_valid_users=200, opt_test_users=1000, opt_max_iters=10,
                            opt_max_moves=96),
@@ -512,7 +522,8 @@ _PROFILES = {
                            models=("trained:reader-anon", "trained:reader", "trained:reader-anon-nopointer")),
         itemid=ItemIdSizes(datasets=_ALL_DATASETS, hidden=128, epochs=200, batch=256),
         robust=RobustSizes(n_users=4000, n_pool=64, pair_users=500, variant_users=2000, n_copies=16, eras=8,
-                           reader_users=5000,
+                           mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+                           sweep_users=1000, reader_users=5000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
                            opt_pool=120, opt_valid_users=500, opt_test_users=5000, opt_max_iters=15,
                            opt_max_moves=192),

@@ -377,3 +377,70 @@ def test_bad_optimiser_input(call):
     with pytest.raises(ConfigError) as err:
         call(obj)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------- regularisers: μ and the KL trust region
+
+
+def test_robust_score_with_a_per_user_step_hand_computed():
+    e = np.stack([np.array([[1.0, 3.0], [3.0, 5.0]])] * 2, axis=-1)  # [R=2, M=2, N=2]: mean 2 / 4, std 1
+    step = np.array([[0.5, 1.0], [2.0, 0.0]])  # [M, N]: the step of demonstration m at user n's queries
+    # λ = 1, μ = 2: [[2 − 1 − 1, 2 − 1 − 2], [4 − 1 − 4, 4 − 1 − 0]]
+    assert np.allclose(pt.robust_score(e, lam=1.0, mu=2.0, step=step), [[0.0, -1.0], [-1.0, 3.0]])
+    with pytest.raises(ConfigError, match="step"):
+        pt.robust_score(e, mu=1.0, step=np.ones((2, 3)))
+    with pytest.raises(ConfigError, match="step"):
+        pt.robust_score(e, mu=1.0, step=np.array([np.nan, 1.0]))
+
+
+def test_kl_trust_region_refuses_a_set_beyond_eps():
+    zero = np.zeros((1, 2))  # one row, two candidates: uniform zero-shot distribution
+    by_set = {0: [math.log(3.0), 0.0], 1: [0.0, 0.0]}  # set 0: p = (3/4, 1/4); set 1: the zero-shot p
+
+    def scores_of(sets):  # sets [c, 1] → [c, 1 row, 2]
+        return np.array([[by_set[int(s[0])]] for s in sets])
+
+    kl0 = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # KL((3/4, 1/4) ‖ (1/2, 1/2)) ≈ 0.1308
+    sets = np.array([[0], [1]])
+    assert pt.kl_trust_region(scores_of, zero, kl0 - 1e-6)(sets).tolist() == [False, True]
+    assert pt.kl_trust_region(scores_of, zero, kl0 + 1e-6)(sets).tolist() == [True, True]
+    assert pt.kl_trust_region(scores_of, zero, 0.0)(sets).tolist() == [False, True]
+    assert pt.kl_trust_region(scores_of, zero, math.inf)(sets).tolist() == [True, True]
+    for bad in (-0.1, float("nan"), "1"):
+        with pytest.raises(ConfigError, match="eps"):
+            pt.kl_trust_region(scores_of, zero, bad)
+
+
+def test_kl_trust_region_inside_refine_keeps_every_visited_set_inside():
+    """refine with the KL trust region never moves to a set whose mean KL exceeds ε (a constructed case:
+    the better demonstrations move the predictions far from zero-shot)."""
+    zero = np.zeros((3, 2))
+    kl_of = np.array([0.0, 0.0, 0.05, 0.4, 0.4, 0.05])  # per demonstration; a set's KL: the mean (made up)
+    loss_of = np.array([1.0, 0.9, 0.5, 0.1, 0.1, 0.6])  # per demonstration; lower is better
+
+    class Obj:
+        n_pool = 6
+
+        def set_loss(self, users, sets):
+            return loss_of[sets].sum(1)
+
+    def scores_of(sets):  # a two-candidate distribution per row whose KL from uniform is the set's mean kl_of
+        kl = kl_of[sets].mean(1)
+        p = np.array([_p_with_kl(x) for x in kl])
+        return np.repeat(np.log(np.stack([p, 1 - p], -1))[:, None], 3, 1)
+
+    trust = pt.kl_trust_region(scores_of, zero, 0.1)
+    res = opt.refine(Obj(), np.array([0, 1]), np.arange(3), np.arange(3, 6), trust=trust, patience=None)
+    assert (kl_of[res.sets].mean(1) <= 0.1 + 1e-9).all() and res.stopped_by == "trust_region"
+    free = opt.refine(Obj(), np.array([0, 1]), np.arange(3), np.arange(3, 6), patience=None)
+    assert sorted(free.best.tolist()) == [3, 4] and sorted(res.best.tolist()) == [2, 5]
+
+
+def _p_with_kl(kl: float) -> float:
+    """p ≥ 1/2 with KL((p, 1 − p) ‖ (1/2, 1/2)) = kl (bisection; kl ≤ log 2)."""
+    lo, hi = 0.5, 1.0 - 1e-12
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        val = mid * math.log(2 * mid) + (1 - mid) * math.log(2 * (1 - mid))
+        lo, hi = (mid, hi) if val < kl else (lo, mid)
+    return lo

@@ -5,6 +5,7 @@ interaction and the drift study's bookkeeping."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -115,3 +116,108 @@ def test_tables_round_trip_through_the_cache_format() -> None:
         if name == "labelled":
             back = back.rename_axis(None)
         pd.testing.assert_frame_equal(back, df, check_dtype=False, check_index_type=False)
+
+
+# --------------------------------------------------------------------- regularisers and popularity collapse
+
+
+def test_dual_share_by_hand() -> None:
+    """Z_D / (Z_Z + Z_D) averaged over layers, heads and positions, on one-dimensional keys and queries."""
+    from lrgd.demos.effect import DemoState, UserState
+
+    t = torch.tensor
+    # layer 0: query 1, zero-shot log Z = log 2. Demo a: two keys scoring 0 → Z_D = 2 → share 1/2;
+    # demo b: one key scoring log 2 → Z_D = 2 → 1/2 (padding must not count). Layer 1: log Z = log 6:
+    # demo a's keys score 0 → 2 / 8 = 1/4; demo b's key scores log 2 → 2 / 8 = 1/4 ... then b's layer-1 key
+    # is changed to score log 6 → 6 / 12 = 1/2.
+    kz, l2 = t([[[0.0], [0.0]]], dtype=torch.float64), math.log(2)
+    a = DemoState(k=[kz, kz], v=[kz, kz])
+    b = DemoState(k=[t([[[l2]]], dtype=torch.float64), t([[[math.log(6)]]], dtype=torch.float64)],
+                  v=[t([[[0.0]]], dtype=torch.float64)] * 2)  # fmt: skip
+    one = t([[[1.0]]], dtype=torch.float64)  # [H=1, P=1, d=1]
+    u = UserState(q=[one, one], out=[one, one], grad=[one, one],
+                  log_z=[t([[l2]], dtype=torch.float64), t([[math.log(6)]], dtype=torch.float64)],
+                  scaling=[1.0, 1.0], loss=0.0)  # fmt: skip
+    assert np.allclose(rt.dual_share([a, b], [u]), [[(1 / 2 + 1 / 4) / 2], [(1 / 2 + 1 / 2) / 2]])
+
+
+def test_study_step_is_a_share_and_the_mu_term_is_wired_to_it(study) -> None:
+    assert study.step.shape == (SIZES.n_pool, SIZES.n_users)
+    assert ((study.step > 0) & (study.step < 1)).all()
+    assert study.noisy.shape == (SIZES.n_copies, SIZES.n_pool, SIZES.n_users)
+    # the stored λ-scores are Eq. (R1) of the stored copies (μ = 0)
+    assert np.allclose(study.robust[1], study.noisy.mean(0) - 1.0 * study.noisy.std(0))
+    # stage 2 with the penalty: the objective is the train loss plus μ · Σ step_D of the user's set
+    first = rt.opt.stage1(study.effect, SIZES.k, "per_user")
+    for i, r in zip(range(3), rt.refine_users(study, first, True, np.arange(3), mu=5.0)):
+        assert np.allclose(r.objective - r.train_loss, 5.0 * study.step[r.sets, i].sum(1))
+
+
+def test_cached_objective_equals_the_plain_one_and_caches(study) -> None:
+    plain = rt.TestbedObjective(study.net, study.valid, study.pool)
+    cached = rt.CachedObjective(study.net, study.valid, study.pool)
+    users, sets = np.array([0, 5, 9, 0]), np.array([[0, 1], [2, 3], [4, 6], [0, 1]])
+    assert np.allclose(cached.set_loss(users, sets), plain.set_loss(users, sets), atol=1e-5)
+    assert len(cached.cache) == 3  # the repeated (row, set) is scored once
+    assert np.allclose(cached.set_loss(users[:1], sets[:1]), plain.set_loss(users[:1], sets[:1]), atol=1e-5)
+
+
+def test_kl_trust_region_refuses_sets_beyond_eps_on_the_testbed(study) -> None:
+    """Every set a KL-guarded search visits after its start lies inside ε on the user's train items."""
+    from lrgd.robust import perturb as pt
+
+    first, users = rt.opt.stage1(study.effect, SIZES.k, "per_user"), np.arange(4)
+    zero = rt.scores(study.net, study.valid, study.pool, np.zeros((len(study.valid), 0), int))
+    start_kl = [_mean_kl(study, first[i : i + 1], i, zero, pt) for i in users]
+    eps = float(np.median(start_kl))
+    runs = rt.refine_users(study, first, False, users, eps=eps)
+    for i, r in zip(users, runs):
+        assert all(_mean_kl(study, s[None], i, zero, pt) <= eps + 1e-6 for s in r.sets[1:])
+    assert any(r.stopped_by == "trust_region" for r in runs) or any(len(r.sets) > 1 for r in runs)
+
+
+def _mean_kl(st, set_, i, zero, pt) -> float:
+    rows_ = st.train_rows(i)
+    s = rt.scores(st.net, rt.rows(st.valid, rows_), st.pool, np.repeat(set_, len(rows_), 0))
+    return float(pt.kl_from_zero_shot(s, zero[rows_]).mean())
+
+
+def test_popularity_by_hand() -> None:
+    candidates = np.array([[0, 1, 2], [0, 3, 4]])
+    s = np.array([[3.0, 2.0, 1.0], [5.0, 1.0, 4.0]])  # top 2: {0, 1} and {0, 4}
+    pop = rt.popularity(candidates, s, n_items=10, k=2)
+    # 3 of 10 items covered; counts [2, 1, 0, 0, 1, 0 …]: Σ|x_i − x_j| = 60 over ordered pairs,
+    # 2 · n² · mean = 2 · 100 · 0.4 = 80 → Gini 0.75
+    assert pop == {"coverage@2": pytest.approx(0.3), "Gini@2": pytest.approx(0.75)}
+    same = rt.popularity(np.array([[0, 1], [0, 1]]), np.array([[1.0, 0.0], [1.0, 0.0]]), n_items=4, k=1)
+    assert same == {"coverage@1": pytest.approx(0.25), "Gini@1": pytest.approx(0.75)}  # one item: (n − 1)/n
+
+
+def test_mu_and_trust_tables_agree_with_the_methods(study) -> None:
+    st = replace(study, sizes=replace(SIZES, mus=(0.0, 1e6), kl_eps=(1e-9,), sweep_users=3))
+    sets, searches = rt.choose(st)
+    mu = rt.mu_tradeoff(st, 3, searches["guarded"]).set_index(["stage", "μ"])
+    s1 = mu.xs(0.0, level="μ").iloc[0]
+    robust = sets[f"robust Effect_D top-k (λ = {SIZES.lam:g})"]
+    assert np.isclose(s1["NDCG@10"], rt.ndcg(st, robust).mean())  # μ = 0: the robust selector of the table
+    # μ huge: stage 1 picks, per user, the k demonstrations with the smallest step_D
+    small = np.argsort(st.step, axis=0, kind="stable")[: SIZES.k].T
+    smallest = np.take_along_axis(st.step.T, small, 1).mean()
+    assert np.isclose(mu.xs(1e6, level="μ").iloc[0]["mean step_D"], smallest)
+    tr = rt.trust_tradeoff(st, 3, searches["unguarded"]).set_index("ε")
+    assert list(tr.index) == ["stage 1 (start)", "1e-09", "∞ (unguarded)"]
+    # ε ≈ 0 admits no set with demonstrations: every search keeps its start (stage 1)
+    assert np.isclose(tr.loc["1e-09", "NDCG@10"], tr.loc["stage 1 (start)", "NDCG@10"])
+    unguarded = rt.ndcg(st, sets["two-stage (no guards)"])[:3].mean()
+    assert np.isclose(tr.loc["∞ (unguarded)", "NDCG@10"], unguarded)
+    pop = rt.popularity_table(st, sets)
+    assert pop.index[0] == "zero-shot" and pop.loc["zero-shot", "KL from zero-shot"] == 0
+    assert pop[["coverage@10", "Gini@10"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+@pytest.mark.parametrize("bad", [{"mus": (1.0, 2.0)}, {"mus": ()}, {"mus": (0.0, -1.0)}, {"kl_eps": (0.0,)},
+                                 {"kl_eps": (math.inf,)}, {"sweep_users": 0}])  # fmt: skip
+def test_bad_mu_and_eps_sizes_are_one_line_config_errors(bad) -> None:
+    with pytest.raises(ConfigError) as err:
+        replace(SIZES, **bad).validate()
+    assert "\n" not in str(err.value)

@@ -62,6 +62,7 @@ __all__ = [
     "insert_off_domain",
     "item_dropout",
     "kl_from_zero_shot",
+    "kl_trust_region",
     "perturb",
     "perturb_query",
     "perturbed_copies",
@@ -265,8 +266,9 @@ def title_noise(title: str, rate: float, rng: np.random.Generator) -> str:
 def robust_score(effects, lam: float = 0.0, mu: float = 0.0, step=None) -> np.ndarray:
     """Eq. (R1): ``mean_R − λ·std_R − μ·step`` of Effect_D over R perturbed copies.
 
-    effects: [R, M] or [R, M, N] (copy, demonstration[, user]); step: [M] (or None when μ = 0).
-    Returns [M] or [M, N]. Example: effects [[1, 3], [3, 5]], λ = 0.5, μ = 1, step [0.5, 2] → [1, 1.5].
+    effects: [R, M] or [R, M, N] (copy, demonstration[, user]); step: [M], or [M, N] with per-user
+    effects (a step measured at each user's queries), or None when μ = 0. Returns [M] or [M, N].
+    Example: effects [[1, 3], [3, 5]], λ = 0.5, μ = 1, step [0.5, 2] → [1, 1.5].
     """
     e = np.asarray(effects, dtype=np.float64)
     if e.ndim not in (2, 3) or e.shape[0] < 1:
@@ -279,9 +281,10 @@ def robust_score(effects, lam: float = 0.0, mu: float = 0.0, step=None) -> np.nd
         if step is None:
             raise ConfigError("robust_score: mu > 0 needs step=[M] (e.g. Z_D/Z or ‖ΔW_D‖ per demonstration)")
         s = np.asarray(step, dtype=np.float64)
-        if s.shape != (e.shape[1],):
-            raise ConfigError(f"robust_score: step must have shape ({e.shape[1]},), got {s.shape}")
-        score = score - mu * s.reshape(-1, *([1] * (e.ndim - 2)))
+        if s.shape not in ((e.shape[1],), e.shape[1:]) or not np.isfinite(s).all():
+            want = f"({e.shape[1]},)" + (f" or {e.shape[1:]}" if e.ndim == 3 else "")
+            raise ConfigError(f"robust_score: step must be finite with shape {want}, got {s.shape}")
+        score = score - mu * (s if s.shape == e.shape[1:] else s.reshape(-1, *([1] * (e.ndim - 2))))
     return score
 
 
@@ -300,3 +303,23 @@ def kl_from_zero_shot(scores, zero_shot_scores) -> np.ndarray:
         raise ConfigError(f"KL needs scores of one shape [..., C], got {s.shape} and {s0.shape}")
     lp, lq = _log_softmax(s), _log_softmax(s0)
     return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+def kl_trust_region(scores_of: Callable[[np.ndarray], np.ndarray], zero_shot_scores, eps: float):
+    """A trust region for stage 2 (:func:`lrgd.robust.optimise.refine`'s ``trust``): a set S is inside
+    when the mean over the rows of Eq. (R2), KL(p_S ‖ p_zero-shot), is at most ``eps`` (∞: everything).
+
+    scores_of: sets [c, k] → candidate scores [c, n, C] of the n rows with each set in the prompt;
+    zero_shot_scores: [n, C]. Returns ``trust(sets [c, k]) → bool [c]``.
+    """
+    if not (isinstance(eps, numbers.Real) and eps >= 0) or math.isnan(eps):
+        raise ConfigError(f"the KL trust region's eps must be a number ≥ 0 (inf: no region), got {eps!r}")
+    s0 = np.asarray(zero_shot_scores, dtype=np.float64)
+
+    def trust(sets: np.ndarray) -> np.ndarray:
+        if math.isinf(eps):
+            return np.ones(len(sets), dtype=bool)
+        s = np.asarray(scores_of(sets), dtype=np.float64)
+        return kl_from_zero_shot(s, np.broadcast_to(s0, s.shape)).mean(-1) <= eps
+
+    return trust

@@ -22,16 +22,18 @@ without guards.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lrgd.config import RobustSizes, WorldConfig, results_dir
 from lrgd.demos import effect as fx
 from lrgd.demos import testbed_effect as tbe
 from lrgd.errors import ConfigError
-from lrgd.metrics import bootstrap_ci, holm, paired_bootstrap
+from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap
 from lrgd.progress import progress
 from lrgd.results import cached_json, code_hash
 from lrgd.robust import optimise as opt
@@ -147,6 +149,28 @@ class TestbedObjective:
 
 
 @dataclass
+class CachedObjective(TestbedObjective):
+    """:class:`TestbedObjective` that keeps each (row, set)'s candidate scores, so a trust region that
+    looks at a move's scores and the loss of that move share one decoder pass."""
+
+    cache: dict = field(default_factory=dict)
+
+    def candidate_scores(self, users: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        """users [n], sets [n, k] → scores [n, C] (computed once per distinct (row, ordered set))."""
+        keys = [(int(u), tuple(r)) for u, r in zip(np.asarray(users).tolist(), np.asarray(sets).tolist())]
+        todo = list(dict.fromkeys(key for key in keys if key not in self.cache))
+        if todo:
+            at = np.array([u for u, _ in todo])
+            sets_ = np.array([list(r) for _, r in todo], dtype=np.int64)
+            for key, row in zip(todo, scores(self.net, rows(self.queries, at), self.pool, sets_)):
+                self.cache[key] = row
+        return np.stack([self.cache[key] for key in keys])
+
+    def set_loss(self, users: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        return rank_loss(self.candidate_scores(users, sets))
+
+
+@dataclass
 class Study:
     """Users, their validation rows, the pool and the first-order scores of chapter 4's testbed part."""
 
@@ -159,6 +183,8 @@ class Study:
     effect: np.ndarray  # [M, N] Effect_D (rank loss, secant) averaged over the train validation items
     robust: np.ndarray  # [len(lams), M, N] Eq. (R1) for each λ
     seed: int
+    noisy: np.ndarray  # [R, M, N] Effect_D of the R perturbed copies ([0, M, N] without ``robust``)
+    step: np.ndarray  # [M, N] step_D of Eq. (R1): the demonstration share Z_D/Z (:func:`dual_share`)
 
     @property
     def n(self) -> int:
@@ -176,11 +202,28 @@ def _item_rows(n: int, items: range, i: int) -> np.ndarray:
     return np.asarray(items) * n + i
 
 
-def _effects(net, users: list, pool: Demos) -> np.ndarray:
-    """Effect_D [M, len(users)] of every pool demonstration (rank loss, secant)."""
-    ids = tbe.pool_tokens(pool)
-    d_states = fx.demo_states(net, users, ids)
-    return fx.effect_matrix(d_states, fx.user_states(net, users, loss="rank")).numpy()
+@torch.no_grad()
+def dual_share(d_states: list, u_states: list) -> np.ndarray:
+    """step_D of Eq. (R1) on this decoder: the demonstration's share of the attention mass,
+    Z_D / (Z_Z + Z_D) — the secant rate η of :mod:`lrgd.demos.effect`, the size of D's dual step
+    relative to the zero-shot one — averaged over layers, heads and the user's prompt positions.
+
+    d_states: M :class:`~lrgd.demos.effect.DemoState`; u_states: n :class:`~lrgd.demos.effect.UserState`.
+    Returns [M, n] in (0, 1). Example: a demonstration whose keys all score log Z_D = log Z_Z gets 0.5.
+    """
+    n_layers = len(u_states[0].q)
+    out = np.zeros((len(d_states), len(u_states)))
+    for li in range(n_layers):
+        keys, _, mask = fx._stack_demos(d_states, li, u_states[0].q[0].dtype)  # [M, H_kv, n, d]
+        n_kv = keys.shape[1]
+        for j, us in enumerate(u_states):
+            h, p, d = us.q[li].shape
+            qg = us.q[li].reshape(n_kv, h // n_kv, p, d)
+            sc = torch.einsum("hgpd,mhnd->mhgpn", qg, keys) * us.scaling[li]
+            log_zd = torch.logsumexp(sc.masked_fill((~mask)[:, None, None, None, :], -math.inf), -1)
+            eta = torch.sigmoid(log_zd - us.log_z[li].reshape(n_kv, h // n_kv, p))  # [M, H_kv, g, P]
+            out[:, j] += eta.mean(dim=(1, 2, 3)).numpy() / n_layers
+    return out
 
 
 def build_study(
@@ -193,7 +236,8 @@ def build_study(
     robust: bool = True,
 ) -> Study:
     """Draw users (unless given) and the pool (seeded) and compute Effect_D and, with ``robust``, Eq. (R1)
-    on the train validation items: M·(R + 1) demonstration passes + (V/2)·N forward/backward passes."""
+    on the train validation items, and step_D (:func:`dual_share`): M·(R + 1) demonstration passes +
+    (V/2)·N forward/backward passes (the users' states are computed once)."""
     rng = np.random.default_rng([seed, 41])
     q = world.sample_queries(sizes.n_users, rng, t0=t0) if queries is None else queries
     pool = noisy_pool(world, sizes, np.random.default_rng([seed, 47]), t0=t0)
@@ -201,31 +245,72 @@ def build_study(
     width = world.config.demo_history_len + 3
     train = np.concatenate([_item_rows(len(q), range(sizes.n_valid_next // 2), i) for i in range(len(q))])
     users = tbe.slot_prompts(rows(valid, train), width, candidates=True)  # user-major: user 0's items first
+    u_states = fx.user_states(net, users, loss="rank")
 
-    def effects(p: Demos) -> np.ndarray:  # [M, N], averaged over the user's train items
-        return _effects(net, users, p).reshape(p.k, len(q), -1).mean(-1)
+    def per_user(m: np.ndarray) -> np.ndarray:  # [M, N · V/2] → [M, N], the mean over the user's train items
+        return m.reshape(m.shape[0], len(q), -1).mean(-1)
 
-    effect, rob = effects(pool), np.zeros((0, pool.k, len(q)))
+    def effects(p: Demos) -> np.ndarray:  # [M, N]
+        return per_user(fx.effect_matrix(fx.demo_states(net, users, tbe.pool_tokens(p)), u_states).numpy())
+
+    d_states = fx.demo_states(net, users, tbe.pool_tokens(pool))
+    effect = per_user(fx.effect_matrix(d_states, u_states).numpy())
+    step = per_user(dual_share(d_states, u_states))
+    noisy, rob = np.zeros((0, pool.k, len(q))), np.zeros((0, pool.k, len(q)))
     if robust:
         copies = pt.perturbed_copies(pool, sizes.robust_perturbation, sizes.robust_rate, sizes.n_copies,
                                      seed=seed, n_items=world.config.n_items)  # fmt: skip
         noisy = np.stack([effects(c) for c in copies])
         rob = np.stack([pt.robust_score(noisy, lam=lam) for lam in sizes.lams])
-    return Study(world, net, sizes, q, valid, pool, effect, rob, seed)
+    return Study(world, net, sizes, q, valid, pool, effect, rob, seed, noisy, step)
 
 
 # ----------------------------------------------------------------------------- choosing sets
 
 
-def refine_users(st: Study, start: np.ndarray, guarded: bool = True) -> list[opt.SearchResult]:
-    """Stage 2 for every user from ``start`` [N, k]: swaps judged on the user's train validation items;
-    ``guarded``: early stopping and keep-best on the held-out items, a trust region of ``max_swaps``."""
-    obj, s = TestbedObjective(st.net, st.valid, st.pool), st.sizes
+def _zero_valid(st: Study) -> np.ndarray:
+    """Zero-shot candidate scores [V · N, C] of every validation row."""
+    return scores(st.net, st.valid, st.pool, np.zeros((len(st.valid), 0), int))
+
+
+def _kl_trust(obj: CachedObjective, train: np.ndarray, zero: np.ndarray, eps: float):
+    """The KL trust region (Eq. (R2)) of one user's search: mean over the user's ``train`` rows of
+    KL(p_S ‖ p_zero-shot) ≤ eps; ``zero`` [len(train), C] the zero-shot scores of those rows."""
+
+    def scores_of(sets: np.ndarray) -> np.ndarray:  # [c, k] → [c, len(train), C], cached for the loss
+        cand = obj.candidate_scores(np.tile(train, len(sets)), np.repeat(sets, len(train), 0))
+        return cand.reshape(len(sets), len(train), -1)
+
+    return pt.kl_trust_region(scores_of, zero, eps)
+
+
+def refine_users(
+    st: Study,
+    start: np.ndarray,
+    guarded: bool = True,
+    users: np.ndarray | None = None,
+    eps: float = math.inf,
+    mu: float = 0.0,
+) -> list[opt.SearchResult]:
+    """Stage 2 for each of ``users`` (default: all) from ``start`` [N, k]: swaps judged on the user's train
+    validation items; ``guarded``: early stopping and keep-best on the held-out items, a trust region of
+    ``max_swaps``; ``eps`` < ∞: only sets with mean KL(p_S ‖ p_zero-shot) ≤ eps on the user's train items
+    (Eq. (R2)); ``mu`` > 0: the penalty μ · Σ_{d ∈ S} step_D (the user's share, :func:`dual_share`) in
+    (O1)."""
+    s = st.sizes
     kw = ({"patience": s.patience, "keep_best": True, "max_swaps": s.max_swaps} if guarded
           else {"patience": None, "keep_best": False})  # fmt: skip
     kw.update(max_iters=s.max_iters, seed=st.seed)
-    return [opt.refine(obj, start[i], st.train_rows(i), st.holdout_rows(i), **kw)
-            for i in progress(range(st.n), "stage 2 per user")]  # fmt: skip
+    users = np.arange(st.n) if users is None else np.asarray(users)
+    zero = _zero_valid(st) if math.isfinite(eps) else None
+    out = []
+    for i in progress(users, "stage 2 per user"):
+        obj, train = CachedObjective(st.net, st.valid, st.pool), st.train_rows(i)
+        extra = {"trust": _kl_trust(obj, train, zero[train], eps)} if zero is not None else {}
+        if mu:
+            extra["penalty"] = opt.additive_penalty(st.step[:, i], mu)
+        out.append(opt.refine(obj, start[i], train, st.holdout_rows(i), **kw, **extra))
+    return out
 
 
 def choose(st: Study) -> tuple[dict[str, np.ndarray], dict[str, list]]:
@@ -326,6 +411,107 @@ def lam_tradeoff(st: Study) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _test_scores(st: Study, sets: np.ndarray | None) -> np.ndarray:
+    """Candidate scores [N, C] of the test users with ``sets`` [N, k] (None: zero-shot)."""
+    return scores(st.net, st.queries, st.pool, np.zeros((st.n, 0), int) if sets is None else sets)
+
+
+def popularity(candidates: np.ndarray, s: np.ndarray, n_items: int, k: int = 10) -> dict[str, float]:
+    """Popularity collapse of one method: catalogue coverage@k (distinct items in the users' top-k over
+    ``n_items``) and the Gini index of how often each catalogue item is in a top-k (zeros included).
+
+    candidates: item ids [n, C]; s: scores [n, C] (higher first; ties: the lower column)."""
+    top = np.take_along_axis(candidates, np.argsort(-s, axis=1, kind="stable")[:, :k], 1)
+    return {f"coverage@{k}": coverage_at_k(top, n_items, k),
+            f"Gini@{k}": gini(np.bincount(top.ravel(), minlength=n_items))}  # fmt: skip
+
+
+def _summary(st: Study, s: np.ndarray, s0: np.ndarray, users: np.ndarray, sets=None) -> dict[str, float]:
+    """One method on the test ``users``: scores ``s`` [N, C] against zero-shot ``s0`` — NDCG@10, its paired
+    difference from zero-shot (95% CI, p), coverage@10, Gini@10, the mean KL(p ‖ p_zero-shot) (Eq. (R2))
+    and, with ``sets`` [N, k], the mean step_D of the chosen demonstrations."""
+    v, v0 = (ranking_metrics(x)["NDCG@10"][users] for x in (s, s0))
+    d = paired_bootstrap(v, v0, 1000, st.seed)
+    out = {"NDCG@10": v.mean(), "ΔNDCG@10": d["diff"], "Δ lo": d["lo"], "Δ hi": d["hi"], "p": d["p"]}
+    out.update(popularity(st.queries.candidates[users], s[users], st.world.config.n_items))
+    out["KL from zero-shot"] = float(pt.kl_from_zero_shot(s[users], s0[users]).mean())
+    step = np.nan if sets is None or not sets.shape[1] else st.step[sets[users], users[:, None]].mean()
+    return {**out, "mean step_D": step}
+
+
+def popularity_table(st: Study, sets: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per method (zero-shot first): test NDCG@10 and Δ vs zero-shot, coverage@10, Gini@10, KL from
+    zero-shot, mean step_D; last a reference row that ranks each user's candidates in a random order."""
+    s0, users = _test_scores(st, None), np.arange(st.n)
+    out = {"zero-shot": _summary(st, s0, s0, users)}
+    out.update({name: _summary(st, _test_scores(st, x), s0, users, x) for name, x in sets.items()})
+    noise = np.random.default_rng([st.seed, 52]).random(s0.shape)
+    out["random ranking (reference)"] = _summary(st, noise, s0, users)
+    return pd.DataFrame(out).T
+
+
+def mu_tradeoff(st: Study, n_sweep: int, guarded: list[opt.SearchResult] | None = None) -> pd.DataFrame:
+    """For each μ of Eq. (R1) (step_D = the share Z_D/Z, :func:`dual_share`): *stage 1* — the per-user
+    top-k of the robust score at λ = ``sizes.lam`` on all test users — and *stage 2* — the guarded search
+    from the Effect_D top-k with the penalty μ·Σ_{d ∈ S} step_D in (O1), on the first ``n_sweep`` test
+    users (μ = 0: ``guarded``, the plain guarded searches whose first ``n_sweep`` are these users', if
+    given). One row per (stage, μ): see :func:`_summary`."""
+    s, s0, users = st.sizes, _test_scores(st, None), np.arange(n_sweep)
+    first, out = opt.stage1(st.effect, s.k, "per_user"), []
+    for mu in s.mus:
+        top = opt.stage1(pt.robust_score(st.noisy, lam=s.lam, mu=mu, step=st.step), s.k, "per_user")
+        row = _summary(st, _test_scores(st, top), s0, np.arange(st.n), top)
+        out.append({"stage": f"stage 1: robust top-k (λ = {s.lam:g})", "μ": mu, **row})
+        runs = guarded if (mu == 0 and guarded is not None) else refine_users(st, first, True, users, mu=mu)
+        sets = first.copy()
+        sets[users] = np.stack([r.best for r in runs[: len(users)]])
+        row = _summary(st, _test_scores(st, sets), s0, users, sets)
+        out.append({"stage": "stage 2: guarded, penalty μ·Σ step_D", "μ": mu, **row})
+    return pd.DataFrame(out)
+
+
+def trust_tradeoff(st: Study, n_sweep: int, unguarded: list[opt.SearchResult]) -> pd.DataFrame:
+    """Stage 2 without the other guards (no early stopping, no keep-best, no ``max_swaps``) inside the KL
+    trust region mean KL(p_S ‖ p_zero-shot) ≤ ε on the user's train items, for ε in ``sizes.kl_eps`` and
+    ε = ∞ (``unguarded``: the unguarded searches, whose first ``n_sweep`` are these users'), on the
+    first ``n_sweep`` test users; first a row for the start (stage 1). Per ε: :func:`_summary`, the mean
+    train, held-out and test rank loss, the mean KL on the train items and the share of users inside ε
+    (a search that starts outside ε may only move inside; with no improving move inside it keeps its
+    start)."""
+    s0, zero, users = _test_scores(st, None), _zero_valid(st), np.arange(n_sweep)
+    first = opt.stage1(st.effect, st.sizes.k, "per_user")
+    out = [{"ε": "stage 1 (start)", "eps": np.nan, **_loss_row(st, first, users, zero, s0, math.inf)}]
+    for eps in (*st.sizes.kl_eps, math.inf):
+        runs = unguarded[: len(users)] if math.isinf(eps) else refine_users(st, first, False, users, eps)
+        sets = first.copy()
+        sets[users] = np.stack([r.best for r in runs])
+        label = "∞ (unguarded)" if math.isinf(eps) else f"{eps:g}"
+        out.append({"ε": label, "eps": eps if math.isfinite(eps) else np.nan,
+                    **_loss_row(st, sets, users, zero, s0, eps)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _valid_scores(st: Study, sets: np.ndarray, users: np.ndarray, rows_of) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [n · V/2, C] of ``users``' validation rows ``rows_of(i)`` with their ``sets`` [N, k], and
+    those rows [n · V/2] (user-major)."""
+    idx = np.stack([rows_of(i) for i in users])  # [n, V/2]
+    sc = scores(st.net, rows(st.valid, idx.ravel()), st.pool, np.repeat(sets[users], idx.shape[1], 0))
+    return sc, idx.ravel()
+
+
+def _loss_row(st, sets, users, zero, s0, eps) -> dict[str, float]:
+    """:func:`_summary` of ``sets`` [N, k] on ``users`` with the mean train / held-out / test rank loss, the
+    mean KL on the train items and the share of users whose set lies inside ε (NaN for ε = ∞)."""
+    s = _test_scores(st, sets)
+    train, train_rows = _valid_scores(st, sets, users, st.train_rows)
+    kl = pt.kl_from_zero_shot(train, zero[train_rows]).reshape(len(users), -1).mean(1)
+    loss = {"train loss": rank_loss(train).mean(),
+            "held-out loss": rank_loss(_valid_scores(st, sets, users, st.holdout_rows)[0]).mean(),
+            "test loss": rank_loss(s[users]).mean(), "KL (train items)": kl.mean(),
+            "inside ε": float((kl <= eps).mean()) if math.isfinite(eps) else np.nan}  # fmt: skip
+    return {**_summary(st, s, s0, users, sets), **loss}
+
+
 def pair_interactions(st: Study, n_users: int, n_pairs: int = 20) -> pd.DataFrame:
     """For random pairs (a, b) of pool demonstrations: the rank-loss gains g(a), g(b), g(a, b) over
     zero-shot on the test target, and the interaction g(a, b) − g(a) − g(b) [one row per (user, pair)]."""
@@ -397,6 +583,10 @@ def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
                 "guarded − stage 1": ("two-stage (guarded)", "Effect_D top-k (stage 1)"),
                 "robust − plain Effect_D": (robust, "Effect_D top-k (stage 1)")}  # fmt: skip
     t["comparisons"] = pd.DataFrame({k: paired(st, sets[a], sets[b]) for k, (a, b) in pairs_of.items()}).T
+    t["popularity"] = popularity_table(st, sets)
+    sweep = min(r.sweep_users, st.n)  # the first users are those of the stage-2 μ and ε sweeps
+    t["mu"] = mu_tradeoff(st, sweep, searches["guarded"])
+    t["trust"] = trust_tradeoff(st, sweep, searches["unguarded"])
     t["perturbation"] = perturbation_curves(st, sets, r.perturbations, r.rates)
     t["lambda"] = lam_tradeoff(st)
     t["drift"] = drift_study(net, prof.world, r, seed)
