@@ -350,6 +350,7 @@ class Optimized:
     passes: int  # prompts scored in total (stage 1 + stage 2)
     stage1_passes: int
     guarded: int
+    objective: RunnerObjective | None = None  # the validation objective (its memo), for a second run
 
 
 def optimize(
@@ -358,8 +359,12 @@ def optimize(
     state: dict | None = None,
     on_state: Callable[[dict], None] | None = None,
     verbose: bool = False,
+    objective: RunnerObjective | None = None,
 ) -> Optimized:
-    """Stage 1 then stage 2 on the validation users; resumable from ``state`` (see the module docstring)."""
+    """Stage 1 then stage 2 on the validation users; resumable from ``state`` (see the module docstring).
+
+    ``objective``: reuse another run's objective (its memo; same data, model and pool) — e.g. the
+    unguarded run after the guarded one, with ``state`` holding that run's ``sources`` and ``stage1``."""
     spec.validate()
     train, hold, test = split_users(runner, spec)
     pool = runner.pool(spec.cfg("valid"))
@@ -367,9 +372,12 @@ def optimize(
     if "sources" not in state:
         state["sources"] = [list(s) for s in draw_pool(pool, spec.n_pool, spec.seed, [*train, *hold, *test])]
     sources = [tuple(s) for s in state["sources"]]
-    obj = RunnerObjective(runner, spec, "valid", [*train, *hold], sources)
-    obj.load_memo(state.get("memo", []))
-    obj.passes, obj.guarded = state.get("passes", 0), state.get("guarded", 0)
+    if objective is None:
+        obj = RunnerObjective(runner, spec, "valid", [*train, *hold], sources)
+        obj.load_memo(state.get("memo", []))
+        obj.passes, obj.guarded = state.get("passes", 0), state.get("guarded", 0)
+    else:
+        obj = objective
     tr, ho = np.arange(len(train)), np.arange(len(train), len(train) + len(hold))
     if "stage1" not in state:
         state["stage1"] = stage1_gain(obj, tr).tolist()
@@ -397,9 +405,8 @@ def optimize(
         state=state.get("search"),
         on_iteration=save,
     )
-    return Optimized(
-        spec, sources, train, hold, scores, start, search, obj.passes, state["stage1_passes"], obj.guarded
-    )
+    return Optimized(spec, sources, train, hold, scores, start, search, obj.passes, state["stage1_passes"],
+                     obj.guarded, obj)  # fmt: skip
 
 
 def _emit(state: dict, obj: RunnerObjective, on_state) -> None:
