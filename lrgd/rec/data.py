@@ -58,6 +58,9 @@ class Dataset:
     source: Path
     #: ids used in sequences but absent from the item file (kept, with ``has_title=False``)
     unknown_items: tuple[str, ...] = field(default=())
+    #: per user, the time (seconds since the epoch) of each item of ``sequences[user]``, aligned with it;
+    #: None for datasets without timestamps (the Amazon sets). Not part of :meth:`fingerprint`.
+    timestamps: dict[str, list[float]] | None = None
 
     @cached_property
     def titled_ids(self) -> tuple[str, ...]:
@@ -454,8 +457,9 @@ def _movie(item_id: str, title: str, year: str, genres: tuple[str, ...]) -> Item
 def _load_ml100k(folder: Path) -> Dataset:
     """MovieLens 100K (RecBole atomic files): 943 users, 1,682 items, 100,000 ratings (all kept).
 
-    Each user's items are ordered by (timestamp, file row) with a stable sort. Titles carry the release
-    year, ``"Toy Story (1995)"`` (see :func:`_movie`). Genres become categories.
+    Each user's items are ordered by (timestamp, file row) with a stable sort; ``timestamps`` keeps each
+    item's time, aligned with the sequence. Titles carry the release year, ``"Toy Story (1995)"`` (see
+    :func:`_movie`). Genres become categories.
     """
     path = folder / "ml-100k.item"
     items: dict[str, Item] = {}
@@ -477,8 +481,10 @@ def _load_ml100k(folder: Path) -> Dataset:
             ) from None
         rows.setdefault(parts[0], []).append((ts, n, parts[1]))
     users = sorted(rows, key=lambda u: (len(u), u))  # numeric order for integer ids
-    seqs = {u: [i for _, _, i in sorted(rows[u])] for u in users}
-    return _finish("ml-100k", items, seqs, folder)
+    ordered = {u: sorted(rows[u]) for u in users}
+    ds = _finish("ml-100k", items, {u: [i for _, _, i in r] for u, r in ordered.items()}, folder)
+    ds.timestamps = {u: [t for t, _, _ in r] for u, r in ordered.items()}
+    return ds
 
 
 _LOADERS = {
