@@ -394,6 +394,16 @@ class RobustSizes:
     reader_users: int = 200
     reader_k: int = 64  # the k chosen on validation users in chapter 2b (recent)
     reader_rates: tuple[float, ...] = (0.0, 0.5, 1.0)
+    # §4.6b adapting over time on real data: calendar windows of a timestamped dataset (lrgd.robust.windows)
+    drift_dataset: str = "ml-100k"  # the only dataset with timestamps
+    drift_windows: int = 4  # equal-count windows of the users' test-item times
+    drift_k: int = 8  # demonstrations in the global set
+    drift_pool: int = 12  # candidate demonstrations drawn from each window's transitions
+    drift_valid_users: int = 24  # validation users per window: half train stage 2, half hold out
+    drift_test_users: int = 80  # test users per window (never validation users or demonstration sources)
+    drift_max_iters: int = 4  # stage-2 iterations per window
+    drift_max_moves: int = 24  # swaps sampled per iteration
+    drift_patience: int = 1  # early stopping on the window's held-out validation users
     # §4.8 the optimiser on real data (`python -m lrgd optimize` defaults; lrgd.robust.runner_objective)
     opt_k: int = 8  # demonstrations in the global set
     opt_pool: int = 40  # candidate demonstrations M
@@ -497,6 +507,8 @@ _PROFILES = {
                            mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                            sweep_users=300, reader_users=1000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           drift_windows=8, drift_k=8, drift_pool=16, drift_valid_users=30, drift_test_users=60,
+                           drift_max_iters=6, drift_max_moves=48, drift_patience=2,
                            opt_pool=80, opt_valid_users=200, opt_test_users=1000, opt_max_iters=10,
                            opt_max_moves=96),
     ),
@@ -525,6 +537,8 @@ _PROFILES = {
                            mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                            sweep_users=1000, reader_users=5000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           drift_windows=8, drift_k=8, drift_pool=24, drift_valid_users=30, drift_test_users=70,
+                           drift_max_iters=10, drift_max_moves=96, drift_patience=2,
                            opt_pool=120, opt_valid_users=500, opt_test_users=5000, opt_max_iters=15,
                            opt_max_moves=192),
     ),
