@@ -31,6 +31,12 @@ Guards against collapse (overfitting a small validation set):
 
 Per-user refinement is the same call with one user's validation items as the "users" of the objective.
 
+**Resuming** (``python -m lrgd optimize``): :func:`refine` hands a JSON-ready state to ``on_iteration``
+after scoring the start set and after every iteration, and continues from such a state (``state=``) to
+the result of the uninterrupted run. Nothing else carries over between iterations: the swaps sampled by
+``max_moves`` are drawn from ``default_rng([seed, 13, iteration])`` (before resumability they came from one
+continued stream; no chapter uses ``max_moves`` with that stream, so no published number changed).
+
 **Adaptation** (:func:`adapt`): in era e, stage 2 re-runs on era e's validation users warm-started from
 era e−1's set; the static set is the one chosen in era 0. Both are scored on each era's test users.
 """

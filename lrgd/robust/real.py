@@ -33,13 +33,13 @@ CODE = ("lrgd.robust.real", "lrgd.robust.runner_objective", "lrgd.robust.optimis
         "lrgd.rec.select", "lrgd.models.reader", "lrgd.metrics")  # fmt: skip
 
 
-def spec_for(prof) -> ro.OptimizeSpec:
+def spec_for(prof, seed: int = 0) -> ro.OptimizeSpec:
     """The §4.8 optimisation of a profile: its reader, its reader dataset, its ``opt_*`` sizes."""
     r = prof.robust
     return ro.OptimizeSpec(
         r.reader_dataset, prof.reader.models[0], k=r.opt_k, n_pool=r.opt_pool,
         n_valid_users=r.opt_valid_users, n_test_users=r.opt_test_users, max_iters=r.opt_max_iters,
-        max_moves=r.opt_max_moves, patience=r.opt_patience, guard="own",
+        max_moves=r.opt_max_moves, patience=r.opt_patience, guard="own", seed=seed,
     )  # fmt: skip
 
 
@@ -89,21 +89,21 @@ def _compute(runner, spec: ro.OptimizeSpec) -> dict:
     titled = sorted(i for i, it in st.ds.items.items() if it.has_title)
     return {
         "spec": asdict(spec), "sets": sets, "per_user": per, "curves": curves, "titled_items": len(titled),
-        "titled": titled, "test_users": test_users,
+        "titled": titled, "test_users": test_users, "valid_users": [*guarded.train, *guarded.holdout],
+        "sources": [list(x) for x in guarded.sources],
         "cost": {"stage1_passes": guarded.stage1_passes, "passes_guarded": guarded.passes,
                  "passes_both": free.passes, "test_passes": test.passes, "guarded_demos": test.guarded,
                  "optimise_seconds": round(t_opt, 2), "seconds": round(time.perf_counter() - t0, 2)},
     }  # fmt: skip
 
 
-def optimiser_run(runner, prof=None) -> tuple[dict, bool]:
+def optimiser_run(runner, prof=None, seed: int = 0) -> tuple[dict, bool]:
     """(the raw §4.8 result, from cache?): sets, per-user ranks and top 10s, curves, costs."""
     prof = prof or runner.profile
-    spec = spec_for(prof)
+    spec = spec_for(prof, seed)
     key = {"spec": asdict(spec), "data": runner.data(spec.dataset).fingerprint,
-           "weights": runner.model_source(spec.model)[1], "code": code_hash(*CODE),
-           "n_boot": runner.preset.n_boot}  # fmt: skip
-    path = runner.root / "robust" / f"optimiser-real-{spec.dataset}.json"
+           "weights": runner.model_source(spec.model)[1], "code": code_hash(*CODE)}  # fmt: skip
+    path = runner.root / "robust" / f"optimiser-real-{spec.dataset}-s{seed}.json"
     return cached_json(path, key, lambda: _compute(runner, spec))
 
 
