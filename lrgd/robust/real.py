@@ -151,7 +151,8 @@ def llm_cost(runner, model: str = "smollm2-135m", dataset: str | None = None, n_
     sources = ro.draw_pool(pool, spec.n_pool, spec.seed, [*train, *hold, *test])
     obj = ro.RunnerObjective(runner, spec, "valid", users, sources)
     runner.lm(model)
-    obj.set_loss(np.array([0]), np.array([list(range(k))]))  # warm-up (null scores, tokenizer caches)
+    n = len(users)
+    obj.set_loss(np.arange(n), np.zeros((n, 0), dtype=np.int64))  # warm-up: null scores, token caches
     t0 = time.perf_counter()
-    obj.set_loss(np.arange(len(users)), np.tile(np.arange(1, k + 1), (len(users), 1)))
-    return (time.perf_counter() - t0) / len(users)
+    obj.set_loss(np.arange(n), np.tile(np.arange(k), (n, 1)))
+    return (time.perf_counter() - t0) / n
