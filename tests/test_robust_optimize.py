@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
 from lrgd.config import ReaderSizes
@@ -121,6 +122,25 @@ def test_set_loss_is_the_runners_own_score(runner, tmp_path) -> None:
     for u, user in enumerate(obj.users):
         cand, ss, label = obj.scores(u, obj.selection(u, chosen))
         assert recs[user]["rank"]["score"] == target_rank(ss, cand, cand[label], user, cfg.seed)
+
+
+def test_an_llm_goes_through_the_same_code(data, tmp_path) -> None:
+    """The same objective on an LLM (a tiny random Llama folder, as SmolLM2 would be): each loss is −log
+    softmax of the summed log-probabilities the runner records for the optimized selector's prompt."""
+    model = str(tiny_model_folder(tmp_path / "tiny"))
+    spec = replace(SPEC, model=model, n_valid_users=4, n_test_users=0, n_candidates=6, history_len=3)
+    r = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "res", data_dir=data)
+    obj, sources = objective(r, spec=spec)
+    path = demos_file(r, tmp_path / "d.json", sources[:2], spec)
+    loss = obj.set_loss(np.arange(4), np.tile([0, 1], (4, 1)))
+    cfg = replace(spec.cfg("valid", "optimized", 2, demos=str(path)), n_users=4).validate()
+    r.run(cfg)  # no test users set aside: the runner's first 4 validation users are the objective's
+    recs = {x["user"]: x for x in r.records(cfg)}
+    for u, user in enumerate(obj.users):
+        rec = recs[user]
+        s = torch.tensor(rec["summed"], dtype=torch.float64)
+        want = -torch.log_softmax(s, 0)[rec["candidates"].index(rec["target"])].item()
+        assert loss[u] == pytest.approx(want, abs=1e-4)  # the records round to 5 decimals
 
 
 def test_the_leakage_guard_drops_and_counts(runner) -> None:
