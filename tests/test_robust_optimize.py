@@ -263,7 +263,14 @@ def test_refine_resumes_from_any_iteration_to_the_same_result(guard: bool) -> No
         opt.refine(obj, np.array([0, 1, 3]), np.arange(5), np.arange(5, 10), state=states[1], **kw)
 
 
+def _argv(data: Path, res: Path, out: Path, *extra: str) -> list[str]:
+    return ["optimize", "--dataset", DATASET, "--model", MODEL, "--out", str(out), "--k", "2", "--pool", "8",
+            "--valid-users", "8", "--test-users", "6", "--max-iters", "4", "--max-moves", "6", "--quiet",
+            "--data-dir", str(data), "--results-dir", str(res), *extra]  # fmt: skip
+
+
 def _run_cli(data: Path, res: Path, out: Path, slow: float, *extra: str) -> subprocess.Popen:
+    """``python -c`` running the CLI's main with the tiny reader, each scoring call slowed by ``slow`` s."""
     script = (
         PATCH
         + f"""
@@ -276,19 +283,18 @@ from lrgd.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
     )
-    argv = ["optimize", "--dataset", DATASET, "--model", MODEL, "--out", str(out), "--k", "2", "--pool", "8",
-            "--valid-users", "8", "--test-users", "6", "--max-iters", "4", "--max-moves", "6", "--quiet",
-            "--data-dir", str(data), "--results-dir", str(res), *extra]  # fmt: skip
-    return subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", script, *_argv(data, res, out, *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def test_sigkill_resume_gives_the_identical_file(data, tmp_path, monkeypatch, capsys) -> None:
     """The CLI killed with SIGKILL once its state shows a stage-2 iteration, then rerun, writes the same
     demonstration file (byte for byte) as a run that was never interrupted; other arguments are refused."""
+    for name in ("trained", "model_source", "reader_sizes"):  # restored after the test
+        monkeypatch.setattr(Runner, name, getattr(Runner, name))
+    exec(PATCH, {})  # the subprocesses' tiny reader in this process, for the uninterrupted run
     whole = tmp_path / "whole.json"
-    p = _run_cli(data, tmp_path / "r1", whole, 0.0, "--no-guard")
-    assert p.wait(120) == 0, p.stderr.read()
+    assert main(_argv(data, tmp_path / "r1", whole, "--no-guard")) == 0
     out = tmp_path / "killed.json"
     state = Path(str(out) + ".state.json")
     p = _run_cli(data, tmp_path / "r2", out, 0.15, "--no-guard")
@@ -309,11 +315,6 @@ def test_sigkill_resume_gives_the_identical_file(data, tmp_path, monkeypatch, ca
     assert p.wait(120) == 0, p.stderr.read()
     assert "resuming from" in p.stderr.read()
     assert out.read_bytes() == whole.read_bytes()
-    for name in ("trained", "model_source", "reader_sizes"):  # restored after the test
-        monkeypatch.setattr(Runner, name, getattr(Runner, name))
-    exec(PATCH, {})  # the same tiny reader in this process; then the guarded run: other arguments
-    argv = ["optimize", "--dataset", DATASET, "--model", MODEL, "--out", str(out), "--k", "2", "--pool", "8",
-            "--valid-users", "8", "--test-users", "6", "--max-iters", "4", "--max-moves", "6", "--quiet",
-            "--data-dir", str(data), "--results-dir", str(tmp_path / "r2")]  # fmt: skip
-    line = _error_line(capsys, argv)
+    capsys.readouterr()
+    line = _error_line(capsys, _argv(data, tmp_path / "r2", out))  # guarded: other arguments
     assert "other arguments (spec differ)" in line and "--restart" in line
