@@ -245,6 +245,91 @@ display(
 )
 
 # %% [markdown]
+# **A trust region in prediction space.** The guards above limit how many members may change. A trust region
+# can instead limit how far the demonstrations move the model's predictions (our reconstruction): stage 2
+# may only step to sets $S$ whose candidate distribution stays close to the zero-shot one on the user's
+# train validation items,
+#
+# $$
+# \frac{1}{|U_{\text{train}}|} \sum_{v \in U_{\text{train}}} \mathrm{KL}\big(p_S(\cdot \mid v) \,\|\,
+# p_{\text{zero-shot}}(\cdot \mid v)\big) \le \varepsilon,
+# $$ (eq-kl-trust)
+#
+# with no other guard (no early stopping, no keep-best); $\varepsilon = \infty$ is the unguarded search. A
+# search whose stage-1 start lies outside $\varepsilon$ may only move inside; with no improving move there it
+# keeps its start. Run on the first `sweep_users` test users.
+
+# %%
+tr = T["trust"]
+x = np.arange(len(tr))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+axes[0].errorbar(x, tr["ΔNDCG@10"], yerr=[tr["ΔNDCG@10"] - tr["Δ lo"], tr["Δ hi"] - tr["ΔNDCG@10"]], fmt="o",
+                 capsize=3)  # fmt: skip
+axes[0].axhline(0, color="k", lw=0.8)
+axes[0].set(ylabel="test ΔNDCG@10 over zero-shot (95% CI)", title="KL trust region: accuracy")
+for col, style in (("train loss", "-o"), ("held-out loss", "-s"), ("test loss", "-^")):
+    axes[1].plot(x, tr[col], style, ms=4, label=col.replace(" loss", ""))
+axes[1].set(ylabel="mean rank loss", title="KL trust region: losses")
+axes[1].legend(frameon=False)
+for ax in axes:
+    ax.set(xticks=x, xlabel="ε (trust-region radius)")
+    ax.set_xticklabels(tr["ε"].str.replace(" (unguarded)", "\n(unguarded)").str.replace(" (start)", "\n(start)"),
+                       fontsize=8)  # fmt: skip
+plt.show()
+show(tr.set_index("ε")[["ΔNDCG@10", "Δ lo", "Δ hi", "held-out loss", "test loss", "KL (train items)", "inside ε"]],
+     "trust", f"stage 2 inside the KL trust region, first {min(R.sweep_users, R.n_users)} test users")  # fmt: skip
+
+# %% tags=["remove-input"]
+finite = tr[tr["eps"].notna()]
+inf_row, start = tr.iloc[-1], tr.iloc[0]
+best_hold, best_test = finite.loc[finite["held-out loss"].idxmin()], finite.loc[finite["test loss"].idxmin()]
+reached = ", ".join(f"{d:+.3f} at ε = {e}" for e, d in zip(finite["ε"], finite["ΔNDCG@10"]))
+vs_inf = "below" if best_test["test loss"] < inf_row["test loss"] else "not below"
+display(
+    Markdown(
+        f"From the stage-1 start ({ci(start['ΔNDCG@10'], start['Δ lo'], start['Δ hi'])} NDCG@10 over zero-shot) the "
+        f"search reaches {reached} and {inf_row['ΔNDCG@10']:+.3f} unguarded; among finite ε the lowest held-out loss is at ε = {best_hold['ε']} "
+        f"and the lowest test loss at ε = {best_test['ε']}, {vs_inf} the unguarded search's ({inf_row['test loss']:.3f}). A trust "
+        "region guards against collapse only where the unguarded search overfits; the test-loss column says whether "
+        "it does here."
+    )
+)
+
+# %% [markdown]
+# **Popularity collapse.** Optimised demonstrations could pull every user toward the same items. Per method,
+# over the test users' top-10 lists: catalogue **coverage@10** (distinct recommended items over the catalogue
+# size) and the **Gini index** of how often each catalogue item is recommended,
+# $G = \sum_{i,j} |x_i - x_j| / (2 n^2 \bar x)$ over the $n$ items' counts $x$ (0: every item equally often;
+# $(n-1)/n$: one item takes every slot) (`lrgd.metrics.coverage_at_k`, `gini`). The reference row ranks each
+# user's candidates in a random order: the coverage and Gini that the candidate sets alone allow.
+
+# %%
+pop = T["popularity"].rename_axis(None)
+show(pop[["NDCG@10", "coverage@10", "Gini@10", "KL from zero-shot", "mean step_D"]], "popularity",
+     f"popularity of the top-10 lists, {R.n_users} test users, catalogue of {prof.world.n_items} items")  # fmt: skip
+optimised = pop.drop(index=["zero-shot", "random", "random ranking (reference)"])
+checks.check("no optimised method covers less than 90% of zero-shot's catalogue coverage@10 (smallest ratio)",
+             float((optimised["coverage@10"] / pop.loc["zero-shot", "coverage@10"]).min()), 0.9, at_least=True,
+             fmt="{:.3f}", tfmt="{:g}")  # fmt: skip
+
+# %% tags=["remove-input"]
+z, worst = pop.loc["zero-shot"], optimised["Gini@10"].idxmax()
+verdict = ("concentrates recommendations on fewer items than zero-shot: a popularity pull"
+           if optimised.loc[worst, "Gini@10"] > z["Gini@10"] + 0.02 else
+           "stays within 0.02 of zero-shot's Gini or below it: no popularity collapse on this testbed")  # fmt: skip
+display(
+    Markdown(
+        f"Zero-shot covers {z['coverage@10']:.3f} of the catalogue with Gini {z['Gini@10']:.3f}; the optimised methods "
+        f"cover {optimised['coverage@10'].min():.3f}–{optimised['coverage@10'].max():.3f} with Gini "
+        f"{optimised['Gini@10'].min():.3f}–{optimised['Gini@10'].max():.3f}, and the most concentrated of them "
+        f"(`{worst}`) {verdict}. The random ranking of the same candidates (coverage "
+        f"{pop.loc['random ranking (reference)', 'coverage@10']:.3f}, Gini "
+        f"{pop.loc['random ranking (reference)', 'Gini@10']:.3f}) marks how much of the concentration the candidate "
+        "sets themselves carry."
+    )
+)
+
+# %% [markdown]
 # ## 4.5 Perturbations and the robust score
 #
 # In the dual view a demonstration is a training example of the implicit step $\Delta W_D$; perturbing it
@@ -258,8 +343,10 @@ display(
 # \text{Effect}_D^{(r)} - \mu\, \text{step}_D,
 # $$ (eq-robust)
 #
-# here with $\mu = 0$ (the step-size term is implemented, not swept). Below, each method's chosen
-# demonstrations are perturbed at test time and the decoder ranks again (the same draws for every method).
+# where $\text{step}_D$ is the size of the demonstration's dual step on this decoder: its share of the attention
+# mass, $Z_D/(Z_Z + Z_D)$ (the secant rate of chapter 3), averaged over layers, heads and the user's prompt
+# positions (`lrgd.robust.testbed.dual_share`). Below, each method's chosen demonstrations are perturbed at test
+# time and the decoder ranks again (the same draws for every method); then $\lambda$ and $\mu$ are swept.
 
 # %%
 pc = T["perturbation"]
@@ -277,13 +364,27 @@ fig.legend(*np.atleast_1d(axes)[0].get_legend_handles_labels(), loc="lower cente
 plt.show()
 
 # %%
-lt = T["lambda"]
-fig, ax = plt.subplots(figsize=(5, 3.4))
+lt, mt = T["lambda"], T["mu"]
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
 for cond, g in lt.groupby("demonstrations", sort=False):
-    ax.errorbar(g["λ"], g["NDCG@10"], yerr=[g["NDCG@10"] - g["lo"], g["hi"] - g["NDCG@10"]], fmt="-o", ms=3,
-                capsize=2, label=cond)  # fmt: skip
-ax.set(xlabel="λ (spread penalty)", ylabel="test NDCG@10", title="robust score: the λ trade-off")
-ax.legend(frameon=False)
+    axes[0].errorbar(g["λ"], g["NDCG@10"], yerr=[g["NDCG@10"] - g["lo"], g["hi"] - g["NDCG@10"]], fmt="-o", ms=3,
+                     capsize=2, label=cond)  # fmt: skip
+axes[0].set(xlabel="λ (spread penalty, μ = 0)", ylabel="test NDCG@10", title="robust score: the λ trade-off")
+for stage, g in mt.groupby("stage", sort=False):
+    xm = np.arange(len(g))
+    axes[1].errorbar(xm, g["ΔNDCG@10"], yerr=[g["ΔNDCG@10"] - g["Δ lo"], g["Δ hi"] - g["ΔNDCG@10"]], fmt="-o",
+                     ms=3, capsize=2, label=stage)  # fmt: skip
+    axes[2].plot(xm, g["mean step_D"], "-o", ms=3, label=stage)
+axes[1].axhline(0, color="k", lw=0.8)
+n_sweep = min(R.sweep_users, R.n_users)
+axes[1].set(ylabel="test ΔNDCG@10 (95% CI)", title=f"the μ trade-off (stage 2: first {n_sweep} users)")
+axes[2].set(ylabel="mean step_D (Z_D/Z) of the sets", title="the step penalty bites")
+for ax in axes[1:]:
+    ax.set(xticks=np.arange(len(R.mus)), xlabel=f"μ (step penalty, λ = {R.lam:g})")
+    ax.set_xticklabels([f"{m:g}" for m in R.mus])
+for ax in axes:
+    ax.legend(frameon=False, fontsize=8)
+fig.tight_layout()
 plt.show()
 
 # %% tags=["remove-input"]
@@ -300,6 +401,26 @@ display(
         f"{ci(r_vs_p['diff'], r_vs_p['lo'], r_vs_p['hi'])} (p {format_p(r_vs_p['p'])}). "
         "A robust score can only help where perturbations change which demonstrations are best; the figure shows "
         "whether they do for this decoder."
+    )
+)
+
+# %% tags=["remove-input"]
+m1 = mt[mt["stage"].str.startswith("stage 1")].set_index("μ")
+m2 = mt[mt["stage"].str.startswith("stage 2")].set_index("μ")
+lo_mu, hi_mu = m1.index[0], m1.index[-1]
+mu_step = m1["mean step_D"].iloc[-1] - m1["mean step_D"].iloc[0]
+gain_helps = m1["ΔNDCG@10"].iloc[1:].max() > m1["ΔNDCG@10"].iloc[0]
+reading = (f"A moderate step penalty helps: the best μ is {m1['ΔNDCG@10'].idxmax():g}." if gain_helps else
+           "Penalising the step buys no accuracy here: it trades gain for demonstrations the decoder attends to less.")  # fmt: skip
+checks.check("sanity: the μ term bites — the chosen sets' mean step_D at the largest μ minus at μ = 0 (stage 1)",
+             mu_step, 0.0, fmt="{:+.4f}", tfmt="{:g}")  # fmt: skip
+display(
+    Markdown(
+        f"From μ = {lo_mu:g} to {hi_mu:g} the stage-1 sets' mean step_D moves from {m1['mean step_D'].iloc[0]:.3f} to "
+        f"{m1['mean step_D'].iloc[-1]:.3f}, their test ΔNDCG@10 from {ci(*m1.iloc[0][['ΔNDCG@10', 'Δ lo', 'Δ hi']])} to "
+        f"{ci(*m1.iloc[-1][['ΔNDCG@10', 'Δ lo', 'Δ hi']])} and their Gini@10 from {m1['Gini@10'].iloc[0]:.3f} to "
+        f"{m1['Gini@10'].iloc[-1]:.3f}; with the penalty in stage 2 (first {min(R.sweep_users, R.n_users)} users) "
+        f"ΔNDCG@10 moves from {m2['ΔNDCG@10'].iloc[0]:+.3f} to {m2['ΔNDCG@10'].iloc[-1]:+.3f}. {reading}"
     )
 )
 
@@ -402,6 +523,9 @@ out = {
     "methods": rows_of(table),
     "perturbation": rows_of(pc),
     "lambda": rows_of(lt),
+    "mu": rows_of(mt),
+    "trust": rows_of(tr),
+    "popularity": rows_of(pop),
     "drift": rows_of(dr),
     "reader_perturbation": rows_of(rg),
     "provenance": prov.finish().as_dict(),
