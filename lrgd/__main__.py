@@ -261,7 +261,7 @@ def _optimize(a: argparse.Namespace) -> int:
     print(f"  {res.passes} prompts scored ({res.stage1_passes} in stage 1); {res.guarded} guarded demos")
     print(
         f"demonstrations: {a.out}  (use: python -m lrgd evaluate --method optimized --demos {a.out} "
-        f"--k {spec.k} --dataset {spec.dataset} --guard {spec.guard})"
+        f"--k {spec.k} --dataset {spec.dataset} --model {spec.model} --guard {spec.guard})"
     )
     return 0
 
