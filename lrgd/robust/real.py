@@ -85,10 +85,15 @@ def _compute(runner, spec: ro.OptimizeSpec) -> dict:
         curves[name] = {"train": s.train_loss.tolist(), "holdout": s.holdout_loss.tolist(), "test": tl,
                         "best_iter": s.best_iter, "stopped_by": s.stopped_by,
                         "evals": s.evals.tolist()}  # fmt: skip
+    val, nv, nt = guarded.objective, len(guarded.train), len(guarded.holdout)
+    empty = lambda obj, idx: float(obj.set_loss(idx, np.zeros((len(idx), 0), dtype=np.int64)).mean())  # noqa: E731
+    zero = {"train": empty(val, np.arange(nv)), "holdout": empty(val, np.arange(nv, nv + nt)),
+            "test": empty(test, np.arange(n))}  # fmt: skip
     st = runner.data(spec.dataset)
     titled = sorted(i for i, it in st.ds.items.items() if it.has_title)
     return {
-        "spec": asdict(spec), "sets": sets, "per_user": per, "curves": curves, "titled_items": len(titled),
+        "spec": asdict(spec), "sets": sets, "per_user": per, "curves": curves, "zero_shot_loss": zero,
+        "titled_items": len(titled),
         "titled": titled, "test_users": test_users, "valid_users": [*guarded.train, *guarded.holdout],
         "sources": [list(x) for x in guarded.sources],
         "cost": {"stage1_passes": guarded.stage1_passes, "passes_guarded": guarded.passes,
