@@ -318,3 +318,19 @@ def test_sigkill_resume_gives_the_identical_file(data, tmp_path, monkeypatch, ca
     capsys.readouterr()
     line = _error_line(capsys, _argv(data, tmp_path / "r2", out))  # guarded: other arguments
     assert "other arguments (spec differ)" in line and "--restart" in line
+
+
+def test_the_pool_covers_popular_items_and_never_the_evaluated_users(runner) -> None:
+    pool = runner.pool(SPEC.cfg("valid"))
+    train, hold, test = ro.split_users(runner, SPEC)
+    excl = [*train, *hold, *test]
+    a = ro.draw_pool(pool, 10, 0, excl)
+    assert a == ro.draw_pool(pool, 10, 0, excl) and a != ro.draw_pool(pool, 10, 1, excl)
+    assert len(set(a)) == 10 and not {src for src, _ in a} & set(excl)
+    assert not set(test) & {*train, *hold}  # test users never choose
+    seq = pool.split.train
+    anchors = [seq[u][c - 1] for u, c in a[:5]]  # the first half: right after the most popular items
+    pop = pool.popularity
+    top = sorted({seq[u][c - 1] for u in seq if u not in excl for c in range(1, len(seq[u]))},
+                 key=lambda i: (-pop[i], i))[:5]  # fmt: skip
+    assert anchors == top
