@@ -278,10 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # e.g. an unwritable --results-dir
         where = exc.filename or "a results file"
-        print(
-            f"error: cannot write {where}: {exc.strerror or exc}; choose a writable --results-dir",
-            file=sys.stderr,
-        )
+        fix = "--out (and --results-dir)" if args.command == "optimize" else "--results-dir"
+        print(f"error: cannot write {where}: {exc.strerror or exc}; choose a writable {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         what = "the last iteration is" if args.command == "optimize" else "finished users are"

@@ -318,6 +318,10 @@ def test_sigkill_resume_gives_the_identical_file(data, tmp_path, monkeypatch, ca
     capsys.readouterr()
     line = _error_line(capsys, _argv(data, tmp_path / "r2", out))  # guarded: other arguments
     assert "other arguments (spec differ)" in line and "--restart" in line
+    assert main(_argv(data, tmp_path / "r2", out, "--restart")) == 0
+    assert json.loads(out.read_text())["method"] == "two-stage"  # the guarded run replaced it
+    line = _error_line(capsys, _argv(data, tmp_path / "r2", whole / "o.json"))  # under a file
+    assert "cannot write" in line and str(whole) in line
 
 
 def test_the_pool_covers_popular_items_and_never_the_evaluated_users(runner) -> None:
