@@ -67,7 +67,7 @@ book: notebooks
 
 # ---------------------------------------------------------------- tests
 unit: $(STAMP)
-	$(BIN)/pytest -q --disable-socket --allow-unix-socket tests
+	$(BIN)/pytest -q --durations=10 --disable-socket --allow-unix-socket tests
 
 nbval: notebooks
 	$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env \

@@ -226,8 +226,8 @@ class EvalSizes:
 class EffectSizes:
     """Chapter 3: Effect_D on testbed B and on a real LLM."""
 
-    n_demos: int = 10  # §3.4: candidate demonstrations on the real LLM (pairs = n_demos × n_users)
-    n_users: int = 10  # §3.4: users on the real LLM
+    n_demos: int = 8  # §3.4: candidate demonstrations on the real LLM (pairs = n_demos × n_users)
+    n_users: int = 8  # §3.4: users on the real LLM
     testbed_queries: int = 200  # §3.2–3.3: query users of testbed B
     testbed_pool: int = 24  # §3.2–3.3: candidate demonstrations of testbed B
     select_pool: int = 20  # §3.5: candidate demonstrations ranked by Effect_D per dataset (M)
@@ -400,7 +400,7 @@ class RobustSizes:
     drift_k: int = 8  # demonstrations in the global set
     drift_pool: int = 12  # candidate demonstrations drawn from each window's transitions
     drift_valid_users: int = 24  # validation users per window: half train stage 2, half hold out
-    drift_test_users: int = 80  # test users per window (never validation users or demonstration sources)
+    drift_test_users: int = 60  # test users per window (never validation users or demonstration sources)
     drift_max_iters: int = 4  # stage-2 iterations per window
     drift_max_moves: int = 24  # swaps sampled per iteration
     drift_patience: int = 1  # early stopping on the window's held-out validation users

@@ -26,6 +26,7 @@ dataclass fields, which enter the cache key of every result it produces. The run
 ``effect``      ranked by Effect_D on the user's validation item (chapter 3), :mod:`lrgd.demos.effect_select`
 ``effect-global``  ranked by Effect_D averaged over validation users, shared by every user (same module)
 ``perturbed``   another selector's demonstrations with a perturbation applied (:mod:`lrgd.robust.selectors`)
+``optimized``   one global set read from a file that ``python -m lrgd optimize`` writes (same module)
 ==============  =====================================================================================
 """
 
