@@ -58,6 +58,9 @@ _build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hid
 	@$(BIN)/python scripts/hide_injected.py $(@D)/$*.run.ipynb  # the page shows the parameters cell, not papermill's copy
 	@mv $(@D)/$*.run.ipynb $@ && rm -f $(@D)/$*.src.ipynb
 
+# the benchmarks page reads the other executed chapters (their cell times) and benchmarks/results.json
+_build/notebooks/05_benchmarks.ipynb: $(filter-out _build/notebooks/05_benchmarks.ipynb,$(NB_OUT)) $(wildcard benchmarks/results.json)
+
 notebooks: $(NB_OUT)
 
 # ---------------------------------------------------------------- book
@@ -95,7 +98,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	$(BIN)/python benchmarks/run_all.py  # writes benchmarks/results.json (the benchmarks page renders it)
 
 clean:
 	rm -rf _build
