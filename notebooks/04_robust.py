@@ -489,11 +489,11 @@ display(
 # in each window, and **zero-shot**. All four are scored on the same test users of each window.
 
 # %%
-win, hit = rwin.window_study(runner, R, reader, seed)
+win, _ = rwin.window_study(runner, R, reader, seed)  # (result, from the cache?)
 wt = rwin.window_table(win, seed=seed)
 print(f"{reader} on {R.drift_dataset}: {R.drift_windows} windows, k = {R.drift_k}, {R.drift_pool} new "
       f"demonstrations per window, {R.drift_valid_users} validation and up to {R.drift_test_users} test "
-      f"users per window ({'from the cache' if hit else 'computed'})")  # fmt: skip
+      "users per window")  # fmt: skip
 cell = lambda m, g: ci(g[m].iloc[0], g[f"{m} lo"].iloc[0], g[f"{m} hi"].iloc[0], "{:.3f}")  # noqa: E731
 tab = pd.DataFrame([
     {"window": w, "dates": g["dates"].iloc[0], "test users": g["test users"].iloc[0], "method": m,
@@ -626,7 +626,7 @@ display(
 #   $\arg\min_t H(S_t)$. Without the guard it runs all iterations and returns the last set.
 
 # %%
-raw, cached = real.optimiser_run(runner, prof, seed)
+raw, _ = real.optimiser_run(runner, prof, seed)  # (result, from the cache?)
 opt_table = real.optimiser_table(raw, prof.eval.n_boot, seed)
 sp, cost = raw["spec"], raw["cost"]
 cols = ["NDCG@10", "NDCG@10 lo", "NDCG@10 hi", "ΔNDCG@10", "ΔNDCG@10 lo", "ΔNDCG@10 hi", "p Holm (NDCG@10)",
@@ -637,8 +637,8 @@ show(opt_table[cols], "real-opt",
      "p: sign-flip permutation, Holm over the methods",
      formats={c: format_p for c in cols if c.startswith("p ")})  # fmt: skip
 print(f"prompts scored: stage 1 {cost['stage1_passes']}, both stages (guarded) {cost['passes_guarded']}, "
-      f"with the unguarded run {cost['passes_both']}; optimiser {cost['optimise_seconds']:.1f} s"
-      f"{' (when computed; read from the cache now)' if cached else ''}")  # fmt: skip
+      f"with the unguarded run {cost['passes_both']}; the optimiser took {cost['optimise_seconds']:.1f} s when "
+      "computed (then cached)")  # fmt: skip
 llm = "smollm2-135m"  # its time per prompt: chapter 2's random k = 2 run on this dataset (cached there)
 llm_run = runner.run(EvalConfig(sp["dataset"], "random", prof.eval.table_k, n_users=prof.eval.n_users, model=llm,
                                 seed=seed))  # fmt: skip
