@@ -42,9 +42,9 @@ def _git(*args: str) -> str:
 
 
 def _commit() -> str:
-    """The commit the benchmarks ran at (``+dirty`` when lrgd/ or benchmarks/ had uncommitted changes)."""
+    """The commit the benchmarks ran at (``+dirty`` when lrgd/ or a benchmark script had uncommitted changes)."""
     try:
-        dirty = _git("status", "--porcelain", "--", "lrgd", "benchmarks")
+        dirty = _git("status", "--porcelain", "--", "lrgd", "benchmarks/*.py")  # not results.json itself
         return _git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"

@@ -629,13 +629,20 @@ display(
 raw, _ = real.optimiser_run(runner, prof, seed)  # (result, from the cache?)
 opt_table = real.optimiser_table(raw, prof.eval.n_boot, seed)
 sp, cost = raw["spec"], raw["cost"]
-cols = ["NDCG@10", "NDCG@10 lo", "NDCG@10 hi", "ΔNDCG@10", "ΔNDCG@10 lo", "ΔNDCG@10 hi", "p Holm (NDCG@10)",
-        "HR@10", "HR@10 lo", "HR@10 hi", "ΔHR@10", "ΔHR@10 lo", "ΔHR@10 hi", "p Holm (HR@10)"]  # fmt: skip
-show(opt_table[cols], "real-opt",
+
+
+def cells(r: pd.Series, m: str) -> dict:
+    """One metric of one method as 'mean [CI]', its paired Δ over zero-shot and the Holm p."""
+    d = "—" if pd.isna(r[f"Δ{m}"]) else ci(r[f"Δ{m}"], r[f"Δ{m} lo"], r[f"Δ{m} hi"])
+    p = "—" if pd.isna(r[f"p Holm ({m})"]) else format_p(r[f"p Holm ({m})"])
+    return {m: ci(r[m], r[f"{m} lo"], r[f"{m} hi"], "{:.3f}"), f"Δ{m} over zero-shot": d, f"p Holm ({m})": p}
+
+
+compact = pd.DataFrame({name: cells(r, "NDCG@10") | cells(r, "HR@10") for name, r in opt_table.iterrows()}).T
+show(compact, "real-opt",
      f"{sp['model']} on {sp['dataset']}: {len(raw['test_users'])} test users, k = {sp['k']}, pool of "
-     f"{sp['n_pool']}, {sp['n_valid_users']} validation users (half held out); Δ paired with zero-shot; "
-     "p: sign-flip permutation, Holm over the methods",
-     formats={c: format_p for c in cols if c.startswith("p ")})  # fmt: skip
+     f"{sp['n_pool']}, {sp['n_valid_users']} validation users (half held out); mean [95% CI]; Δ paired with "
+     "zero-shot; p: sign-flip permutation, Holm over the methods")  # fmt: skip
 print(f"prompts scored: stage 1 {cost['stage1_passes']}, both stages (guarded) {cost['passes_guarded']}, "
       f"with the unguarded run {cost['passes_both']}; the optimiser took {cost['optimise_seconds']:.1f} s when "
       "computed (then cached)")  # fmt: skip

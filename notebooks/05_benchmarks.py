@@ -57,7 +57,7 @@ def show(df: pd.DataFrame, uuid: str, caption: str, precision: int = 1) -> None:
 # table describes the build that produced these pages.
 
 
-# %%
+# %% tags=["hide-input"]
 def chapter_times(path: Path) -> dict:
     """Execution seconds of one executed notebook (sum over cells) and its slowest cell."""
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -86,7 +86,7 @@ else:
     bt = pd.DataFrame()
     display(Markdown("No executed chapter was found in `_build/notebooks/`: run `make notebooks` first."))
 
-# %%
+# %% tags=["hide-input"]
 if len(bt):
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(bt) + 1))
     ax.barh(bt.index[::-1], bt["seconds"][::-1] / 60, color="C0")
@@ -102,7 +102,7 @@ if len(bt):
 # `benchmarks/README.md` keeps the targets and the notes on each measurement.
 
 
-# %%
+# %% tags=["hide-input"]
 def purpose(script: str) -> str:
     """The first line of a benchmark script's docstring."""
     doc = ast.get_docstring(ast.parse((REPO_ROOT / "benchmarks" / script).read_text(encoding="utf-8")))

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from test_robust_optimize import patched_runner  # the tiny reader patched into a runner
 
-from lrgd.config import ReaderSizes, RobustSizes
+from lrgd.config import RobustSizes
 from lrgd.errors import ConfigError, DataError
-from lrgd.models import reader as R
 from lrgd.rec.data import load_dataset, make_synthetic, write_synthetic
 from lrgd.rec.runner import Runner
 from lrgd.robust import windows as rw
@@ -22,7 +21,6 @@ from lrgd.robust import windows as rw
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODEL = "trained:reader-anon"
-TINY = replace(ReaderSizes(), hidden=32, layers=2, heads=2, intermediate=64, titles=False, threads=1)
 SIZES = replace(RobustSizes(), drift_windows=3, drift_k=2, drift_pool=3, drift_valid_users=4,
                 drift_test_users=4, drift_max_iters=2, drift_max_moves=4, drift_patience=1)  # fmt: skip
 
@@ -40,19 +38,9 @@ def write_ml(root: Path, n_users: int = 90) -> Path:
     return root
 
 
-def tiny_runner(data: Path, results: Path) -> Runner:
-    r = Runner("ci", "cpu", quiet=True, results_root=results, data_dir=data)
-    torch.manual_seed(0)
-    model = R.Reader(TINY).eval()
-    r.trained = lambda name: R.Trained(model, None, {})
-    r.model_source = lambda name: ("tiny.pt", "tiny")
-    r.reader_sizes = lambda name: TINY
-    return r
-
-
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Runner:
-    return tiny_runner(write_ml(tmp_path_factory.mktemp("data")), tmp_path_factory.mktemp("res"))
+    return patched_runner(write_ml(tmp_path_factory.mktemp("data")), tmp_path_factory.mktemp("res"))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +165,7 @@ def test_tables(study) -> None:
 
 def test_a_dataset_without_timestamps_is_one_line(tmp_path) -> None:
     write_synthetic(make_synthetic(n_users=30, seed=1), tmp_path / "amazon-games", "amazon-games")
-    r = tiny_runner(tmp_path, tmp_path / "res")
+    r = patched_runner(tmp_path, tmp_path / "res")
     line = r"^amazon-games has no timestamps; adaptation over time runs on ml-100k only$"
     with pytest.raises(DataError, match=line):
         rw.run_windows(r, replace(SIZES, drift_dataset="amazon-games"), MODEL)
