@@ -42,7 +42,7 @@ def _git(*args: str) -> str:
 
 
 def _commit() -> str:
-    """The commit the benchmarks ran at (``+dirty`` when lrgd/ or a benchmark script had uncommitted changes)."""
+    """The commit the benchmarks ran at (``+dirty``: uncommitted changes in lrgd/ or a benchmark script)."""
     try:
         dirty = _git("status", "--porcelain", "--", "lrgd", "benchmarks/*.py")  # not results.json itself
         return _git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
