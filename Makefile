@@ -85,7 +85,7 @@ lint: $(STAMP)
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "== installing chromium with apt (for the browser check)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	else echo "error: no Chromium at $(CHROMIUM); install it (sudo apt-get install -y chromium) or pass CHROMIUM=/path/to/chromium"; exit 2; fi
 
 browser: book $(CHROMIUM)
