@@ -111,24 +111,32 @@ def purpose(script: str) -> str:
 
 if bench_file.exists():
     recs = json.loads(bench_file.read_text(encoding="utf-8"))["scripts"]
-    bench = pd.DataFrame(
-        [
-            {
-                "script": name,
-                "compares": purpose(name),
-                "headline (last line printed)": r["headline"],
+    recs = {n: r for n, r in sorted(recs.items()) if (REPO_ROOT / "benchmarks" / n).exists()}
+    what = pd.DataFrame(
+        {
+            n: {"compares": purpose(n), "headline (the last line it printed)": r["headline"]}
+            for n, r in recs.items()
+        }
+    ).T.rename_axis("script")
+    show(what, "bench", f"the last `make bench` run of each benchmark ({len(what)} scripts)")
+    where = pd.DataFrame(
+        {
+            n: {
                 "status": r["status"],
                 "wall s": r["seconds"],
                 "peak RSS (MiB)": r["peak_rss_mib"],
                 "arguments": " ".join(r["args"]) or "—",
                 "commit": r["commit"],
                 "when": r["when"],
-                "machine": r["machine"],
             }
-            for name, r in sorted(recs.items())
-            if (REPO_ROOT / "benchmarks" / name).exists()
-        ]
-    ).set_index("script")
-    show(bench, "bench", f"the last `make bench` run of each benchmark ({len(bench)} scripts)")
+            for n, r in recs.items()
+        }
+    ).T.rename_axis("script")
+    machines = sorted({r["machine"].split(", load")[0] for r in recs.values()})
+    show(
+        where,
+        "bench-where",
+        f"where and how long each ran ({'; '.join(machines)}; load average in results.json)",
+    )
 else:
     display(Markdown("No benchmark has been recorded yet: `make bench` writes `benchmarks/results.json`."))
