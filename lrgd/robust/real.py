@@ -24,13 +24,12 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap, per_user_metrics
-from lrgd.rec.rank import rank_order, target_rank
 from lrgd.results import cached_json, code_hash
 from lrgd.robust import runner_objective as ro
 
 METRICS = ("NDCG@10", "HR@10")
 CODE = ("lrgd.robust.real", "lrgd.robust.runner_objective", "lrgd.robust.optimise", "lrgd.rec.runner",
-        "lrgd.rec.select", "lrgd.models.reader", "lrgd.metrics")  # fmt: skip
+        "lrgd.rec.select", "lrgd.rec.rank", "lrgd.models.reader", "lrgd.metrics")  # fmt: skip
 
 
 def spec_for(prof, seed: int = 0) -> ro.OptimizeSpec:
@@ -41,18 +40,6 @@ def spec_for(prof, seed: int = 0) -> ro.OptimizeSpec:
         n_valid_users=r.opt_valid_users, n_test_users=r.opt_test_users, max_iters=r.opt_max_iters,
         max_moves=r.opt_max_moves, patience=r.opt_patience, guard="own", seed=seed,
     )  # fmt: skip
-
-
-def _per_user(test: ro.RunnerObjective, sels) -> dict:
-    """Ranks [n] and top-10 item lists of the test users, one selection per user (``sels`` [n])."""
-    ranks, tops = [], []
-    seed = test.cfg.seed
-    for u, sel in enumerate(sels):
-        user = test.users[u]
-        cand, s, label = test.scores(u, sel)
-        ranks.append(target_rank(s, cand, cand[label], user, seed))
-        tops.append([cand[j] for j in rank_order(s, cand, user, seed)[:10]])
-    return {"ranks": ranks, "top10": tops}
 
 
 def _compute(runner, spec: ro.OptimizeSpec) -> dict:
@@ -73,10 +60,11 @@ def _compute(runner, spec: ro.OptimizeSpec) -> dict:
         "two-stage": guarded.search.best.tolist(),
         "two-stage, no guard": free.search.best.tolist(),
     }
-    per = {name: _per_user(test, [test.selection(u, ids) for u in range(n)]) for name, ids in sets.items()}
+    shown = {name: [test.selection(u, ids) for u in range(n)] for name, ids in sets.items()}
+    per = {name: ro.ranks_and_top10(test, sels) for name, sels in shown.items()}
     rcfg = spec.cfg("test", "recent", spec.k)
     recent = [runner.select(rcfg, u, runner.target(rcfg, u)[0]) for u in test_users]
-    per[f"recent (per user, k={spec.k})"] = _per_user(test, recent)
+    per[f"recent (per user, k={spec.k})"] = ro.ranks_and_top10(test, recent)
     curves = {}
     for name, res in (("two-stage", guarded), ("two-stage, no guard", free)):
         s = res.search
@@ -89,11 +77,9 @@ def _compute(runner, spec: ro.OptimizeSpec) -> dict:
     empty = lambda obj, idx: float(obj.set_loss(idx, np.zeros((len(idx), 0), dtype=np.int64)).mean())  # noqa: E731
     zero = {"train": empty(val, np.arange(nv)), "holdout": empty(val, np.arange(nv, nv + nt)),
             "test": empty(test, np.arange(n))}  # fmt: skip
-    st = runner.data(spec.dataset)
-    titled = sorted(i for i, it in st.ds.items.items() if it.has_title)
+    titled = sorted(runner.data(spec.dataset).ds.titled_ids)
     return {
         "spec": asdict(spec), "sets": sets, "per_user": per, "curves": curves, "zero_shot_loss": zero,
-        "titled_items": len(titled),
         "titled": titled, "test_users": test_users, "valid_users": [*guarded.train, *guarded.holdout],
         "sources": [list(x) for x in guarded.sources],
         "cost": {"stage1_passes": guarded.stage1_passes, "passes_guarded": guarded.passes,
@@ -142,22 +128,3 @@ def optimiser_table(raw: dict, n_boot: int = 2000, seed: int = 0):
         rows[m]["coverage@10"] = coverage_at_k(p["top10"], len(index), 10)
         rows[m]["Gini@10"] = gini(counts)
     return pd.DataFrame(rows).T
-
-
-def llm_cost(runner, model: str = "smollm2-135m", dataset: str | None = None, n_users: int = 4, k: int = 8):
-    """Seconds per (user, set) evaluation of ``model`` on ``n_users`` validation users with a k-set of the
-    §4.8 pool (what one stage-2 move costs per user); not part of the chapter."""
-    spec = replace(spec_for(runner.profile), model=model, n_valid_users=max(2, n_users), k=k)
-    if dataset:
-        spec = replace(spec, dataset=dataset)
-    train, hold, test = ro.split_users(runner, spec)
-    users = [*train, *hold][:n_users]
-    pool = runner.pool(spec.cfg("valid"))
-    sources = ro.draw_pool(pool, spec.n_pool, spec.seed, [*train, *hold, *test])
-    obj = ro.RunnerObjective(runner, spec, "valid", users, sources)
-    runner.lm(model)
-    n = len(users)
-    obj.set_loss(np.arange(n), np.zeros((n, 0), dtype=np.int64))  # warm-up: null scores, token caches
-    t0 = time.perf_counter()
-    obj.set_loss(np.arange(n), np.tile(np.arange(k), (n, 1)))
-    return (time.perf_counter() - t0) / n

@@ -47,6 +47,7 @@ import numpy as np
 
 from lrgd.errors import ConfigError
 from lrgd.rec.conditions import EvalConfig
+from lrgd.rec.rank import rank_order, target_rank
 from lrgd.rec.select import DemoPool, Selection
 from lrgd.results import content_key, write_json
 from lrgd.robust import optimise as opt
@@ -324,13 +325,28 @@ class RunnerObjective:
         self.memo = {(int(u), tuple(int(i) for i in s)): float(v) for u, s, v in rows}
 
 
-def stage1_gain(objective: RunnerObjective, users: Sequence[int]) -> np.ndarray:
-    """S [M, N]: L_u(∅) − L_u({d}) for every pool demonstration d and user u (M·N + N passes)."""
+def stage1_gain(objective: RunnerObjective, users: Sequence[int], ids: Sequence[int] | None = None):
+    """S [M, N] (np.ndarray): L_u(∅) − L_u({d}) for every pool demonstration d (or only the pool ids
+    ``ids``, in that order) and user u (M·N + N passes)."""
     users = np.asarray(users, dtype=np.int64)
-    m, n = objective.n_pool, len(users)
+    ids = np.arange(objective.n_pool) if ids is None else np.asarray(ids, dtype=np.int64)
+    n = len(users)
     zero = objective.set_loss(users, np.zeros((n, 0), dtype=np.int64))
-    one = objective.set_loss(np.tile(users, m), np.repeat(np.arange(m), n)[:, None])
-    return zero[None, :] - one.reshape(m, n)
+    one = objective.set_loss(np.tile(users, len(ids)), np.repeat(ids, n)[:, None])
+    return zero[None, :] - one.reshape(len(ids), n)
+
+
+def ranks_and_top10(objective: RunnerObjective, sels: Sequence[Selection]) -> dict[str, list]:
+    """Per user of ``objective`` [n], with that user's selection ``sels[u]``: the target's rank among the
+    candidates and the top-10 candidates (the runner's seeded tie order)."""
+    ranks, tops = [], []
+    seed = objective.cfg.seed
+    for u, sel in enumerate(sels):
+        user = objective.users[u]
+        cand, s, label = objective.scores(u, sel)
+        ranks.append(target_rank(s, cand, cand[label], user, seed))
+        tops.append([cand[j] for j in rank_order(s, cand, user, seed)[:10]])
+    return {"ranks": ranks, "top10": tops}
 
 
 # ----------------------------------------------------------------------------- running both stages

@@ -133,11 +133,17 @@ class OptimizedDemos:
             )
         object.__setattr__(self, "demos_sha256", doc["sha256"])  # the file's content enters the cache key
 
-    def check_config(self, cfg) -> None:
-        """The file must be for ``cfg``'s dataset, k and history length (one-line ConfigError otherwise)."""
+    def check_config(self, cfg, doc: dict | None = None) -> None:
+        """The file (``doc``: already read) must be for ``cfg``'s dataset, k and history length, and still
+        hold the content this selector was validated with (one-line ConfigError otherwise)."""
         from lrgd.robust.runner_objective import read_demos
 
-        doc = read_demos(self.demos)
+        doc = read_demos(self.demos) if doc is None else doc
+        if self.demos_sha256 and doc["sha256"] != self.demos_sha256:
+            raise ConfigError(
+                f"--demos {self.demos} changed after the run started (content hash {doc['sha256'][:12]}…); "
+                "run the command again"
+            )
         for name, want, got, flag in (
             ("dataset", doc["dataset"], cfg.dataset, "--dataset"),
             ("k", doc["k"], cfg.k, "--k"),
@@ -152,5 +158,6 @@ class OptimizedDemos:
     def select(self, runner, cfg, user, k, history) -> Selection:
         from lrgd.robust.runner_objective import file_demos, read_demos, selection_for
 
-        self.check_config(cfg)
-        return selection_for(runner.pool(cfg), user, file_demos(read_demos(self.demos)))
+        doc = read_demos(self.demos)  # cached per (path, size, mtime): one read per run
+        self.check_config(cfg, doc)
+        return selection_for(runner.pool(cfg), user, file_demos(doc))

@@ -42,7 +42,6 @@ import pandas as pd
 
 from lrgd.errors import ConfigError, DataError
 from lrgd.metrics import bootstrap_ci, paired_bootstrap, per_user_metrics
-from lrgd.rec.rank import target_rank
 from lrgd.results import cached_json, code_hash, content_key
 from lrgd.robust import optimise as opt
 from lrgd.robust import runner_objective as ro
@@ -167,21 +166,9 @@ def _spec(R, model: str, seed: int) -> ro.OptimizeSpec:
 
 def _metrics(obj: ro.RunnerObjective, ids: Sequence[int]) -> dict[str, list[float]]:
     """Per test user of ``obj`` [n]: NDCG@10 and HR@10 with the pool ids ``ids`` (in order) shown."""
-    seed = obj.spec.seed
-    ranks = []
-    for u, user in enumerate(obj.users):
-        cand, s, label = obj.scores(u, obj.selection(u, ids))
-        ranks.append(target_rank(s, cand, cand[label], user, seed))
+    ranks = ro.ranks_and_top10(obj, [obj.selection(u, ids) for u in range(len(obj.users))])["ranks"]
     per = per_user_metrics(ranks, METRICS)
     return {m: per[m].tolist() for m in METRICS}
-
-
-def _stage1(obj: ro.RunnerObjective, users: np.ndarray, avail: np.ndarray, k: int) -> np.ndarray:
-    """Global top-k of the single-demonstration gain L_u(∅) − L_u({d}) over the available ids [k]."""
-    n = len(users)
-    zero = obj.set_loss(users, np.zeros((n, 0), dtype=np.int64))
-    one = obj.set_loss(np.tile(users, len(avail)), np.repeat(avail, n)[:, None]).reshape(len(avail), n)
-    return avail[opt.stage1(zero[None, :] - one, k, "global")]
 
 
 def run_windows(runner, R, model: str, seed: int = 0, verbose: bool = False) -> dict:
@@ -202,7 +189,7 @@ def run_windows(runner, R, model: str, seed: int = 0, verbose: bool = False) -> 
         val = ro.RunnerObjective(runner, spec, "valid", [*wu.train, *wu.holdout], sources)
         tr, ho = np.arange(len(wu.train)), np.arange(len(wu.train), len(val.users))
         if current is None:
-            current = _stage1(val, tr, avail, R.drift_k)
+            current = avail[opt.stage1(ro.stage1_gain(val, tr, avail), R.drift_k, "global")]
         stage1_passes = val.passes
         search = opt.refine(val, current, tr, ho, candidates=avail, max_iters=R.drift_max_iters,
                             max_moves=R.drift_max_moves, patience=R.drift_patience, keep_best=True,
