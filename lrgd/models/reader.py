@@ -526,10 +526,24 @@ def score(
 ) -> np.ndarray:
     """Scores [C] of ``candidates`` (item ids) for a query ``history`` and demonstrations given as
     (history ids, next id); tags drawn by ``seed`` (one forward pass)."""
+    e = encode_query(cat, demos, history, candidates, sizes, seed)
+    return model(cat, collate([e], [-1]))[0].numpy().astype(np.float64)
+
+
+def encode_query(
+    cat: Catalogue,
+    demos: Sequence[tuple[Sequence[str], str]],
+    history: Sequence[str],
+    candidates: Sequence[str],
+    sizes: ReaderSizes,
+    seed: int,
+) -> tuple[np.ndarray, ...]:
+    """One evaluation prompt encoded (:func:`encode`) from item ids, tags drawn by ``seed``; demonstration
+    items outside the catalogue are left out, a query or candidate item outside it is a DataError."""
     ix = cat.index
     missing = [i for i in (*history, *candidates) if i not in ix]
     if missing:
         raise DataError(f"{cat.name}: items {missing[:3]} are not in the catalogue the reader was given")
     d = [([ix[i] for i in h if i in ix], ix[n]) for h, n in demos if n in ix]
-    e = encode(d, [ix[i] for i in history], [ix[c] for c in candidates], sizes, np.random.default_rng(seed))
-    return model(cat, collate([e], [-1]))[0].numpy().astype(np.float64)
+    rng = np.random.default_rng(seed)
+    return encode(d, [ix[i] for i in history], [ix[c] for c in candidates], sizes, rng)

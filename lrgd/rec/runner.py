@@ -586,6 +586,11 @@ class Runner:
         """The chosen demonstrations as item ids: (history ids, next id) (:meth:`DemoPool.demo_items`)."""
         return [(list(ids[:-1]), ids[-1]) for ids in self.pool(cfg).demo_items(sel)]
 
+    @staticmethod
+    def tag_seed(cfg: EvalConfig, user: str) -> int:
+        """The seed of a trained model's per-prompt identity tags for ``user`` (one map per user and seed)."""
+        return zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
+
     def evaluate_trained(self, cfg: EvalConfig, user: str, candidates: Sequence[str], t0: float) -> dict:
         """One user's record for a trained model: the selector's demonstrations (as ids), one forward pass."""
         from lrgd.models.reader import score
@@ -595,9 +600,8 @@ class Runner:
         cand = self.ordered(cfg, user, candidates)
         sel = self.select(cfg, user, hist)
         sizes = self.reader_sizes(cfg.model)
-        seed = zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
         model, cat = self.trained(cfg.model).model, self.catalogue(cfg.dataset, sizes.titles)
-        s = score(model, cat, self.demo_ids(cfg, sel), hist, cand, sizes, seed)
+        s = score(model, cat, self.demo_ids(cfg, sel), hist, cand, sizes, self.tag_seed(cfg, user))
         m, L = sizes.demo_history, sizes.query_len
         return {"user": user, "target": target, "candidates": cand,
                 "rank": {"score": target_rank(s, cand, target, user, cfg.seed)},

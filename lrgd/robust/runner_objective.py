@@ -284,22 +284,17 @@ class RunnerObjective:
         """The runner's ``evaluate_trained`` prompts (same tags, same encoding), batched by length."""
         import torch
 
-        from lrgd.models.reader import collate, encode
+        from lrgd.models.reader import collate, encode_query
 
         r, cfg = self.runner, self.cfg
         sizes = r.reader_sizes(cfg.model)
         model, cat = r.trained(cfg.model).model, r.catalogue(cfg.dataset, sizes.titles)
-        ix = cat.index
         enc, meta = [], []
         for u, sel in sels:
             user = self.users[u]
             hist, target = r.target(cfg, user)
             cand = r.ordered(cfg, user, self._cands[user])
-            d = [([ix[i] for i in h if i in ix], ix[n]) for h, n in r.demo_ids(cfg, sel) if n in ix]
-            seed = zlib.crc32(f"{cfg.seed}|tags|{user}".encode())
-            enc.append(
-                encode(d, [ix[i] for i in hist], [ix[c] for c in cand], sizes, np.random.default_rng(seed))
-            )
+            enc.append(encode_query(cat, r.demo_ids(cfg, sel), hist, cand, sizes, r.tag_seed(cfg, user)))
             meta.append((cand, cand.index(target)))
         out: list = [None] * len(enc)
         by_len: dict[int, list[int]] = {}
