@@ -227,7 +227,10 @@ def _optimize(a: argparse.Namespace) -> int:
         "profile": profile.name,
         "data": runner.data(spec.dataset).fingerprint,
         "weights": runner.model_source(spec.model)[1],
-        "code": code_hash("lrgd.robust.optimise", "lrgd.robust.runner_objective"),
+        # the memo in the state holds the model's losses: the code computing them is part of the key
+        "code": code_hash(
+            "lrgd.robust.optimise", "lrgd.robust.runner_objective", *runner.code_modules(spec.cfg("valid"))
+        ),
     }
     path = Path(str(a.out) + ".state.json")
     state = None

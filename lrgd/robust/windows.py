@@ -53,6 +53,7 @@ CODE = (
     "lrgd.robust.runner_objective",
     "lrgd.robust.optimise",
     "lrgd.models.reader",
+    "lrgd.rec.runner",
     "lrgd.rec.select",
     "lrgd.rec.rank",
     "lrgd.metrics",
