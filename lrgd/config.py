@@ -14,6 +14,7 @@ commented defaults:
 ``.reader``         chapter 2b: the transformer trained to read demonstrations (anonymised items)
 ``.itemid``         chapter 2b: the item-id sequential recommender (SASRec-style, k = 0)
 ``.robust``         chapter 4: perturbations, the robust score and the two-stage optimiser
+``.grid``           chapter 6: the main results tables (dataset × model × method), :mod:`lrgd.grid`
 ==================  ==========================================================================
 
 Modules take their section as an argument; no module or notebook holds a size table. A parameter
@@ -435,6 +436,38 @@ class RobustSizes:
         return self
 
 
+@dataclass(frozen=True)
+class GridSizes:
+    """Chapter 6: the main results tables (:mod:`lrgd.grid`) — one table per dataset, one row per
+    (model, method), every row on the same first ``n_users`` test users and the same candidates.
+
+    ``ci`` repeats the conditions chapters 2, 2b and 3 already ran at ``ci`` (their cache serves them);
+    ``full`` is the published grid (committed under ``results/full/grid/``).
+    """
+
+    datasets: tuple[str, ...] = _TABLE  # one table each
+    models: tuple[str, ...] = ("smollm2-135m",)  # LLMs, side by side (the first runs every method)
+    llm_methods: tuple[str, ...] = ("zero-shot", "random", "similarity")  # demonstration selectors
+    other_model_methods: tuple[str, ...] = ("zero-shot", "random")  # methods of the models after the first
+    effect_methods: tuple[str, ...] = ("effect", "effect-global")  # Effect_D selectors (first model only)
+    effect_datasets: tuple[str, ...] = ("amazon-games",)  # where the Effect_D rows run (chapter 3's dataset)
+    icl_datasets: tuple[str, ...] | None = ("amazon-games", "ml-100k")  # where k > 0 rows run (None: all)
+    k: int = 2  # demonstrations of the LLM rows
+    n_users: int | None = 15  # test users per table (the first of the seeded order; None: all)
+    references: tuple[str, ...] = ("ref-popularity", "ref-bm25", "ref-markov")
+    reader: str | None = "trained:reader-anon"  # chapter 2b's model at k = 0 and its best (selector, k)
+    reader_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")
+
+    def validate(self) -> GridSizes:
+        if not self.datasets or not self.models:
+            raise ConfigError("grid.datasets and grid.models must each name at least one")
+        if self.k < 1:
+            raise ConfigError(f"grid.k must be ≥ 1 (zero-shot rows use k = 0), got {self.k}")
+        if self.n_users is not None and self.n_users < 1:
+            raise ConfigError(f"grid.n_users must be ≥ 1 or None (all), got {self.n_users}")
+        return self
+
+
 SECTIONS = (
     "equivalence",
     "regression",
@@ -446,6 +479,7 @@ SECTIONS = (
     "reader",
     "itemid",
     "robust",
+    "grid",
 )
 
 
@@ -464,6 +498,7 @@ class Profile:
     reader: ReaderSizes = ReaderSizes()
     itemid: ItemIdSizes = ItemIdSizes()
     robust: RobustSizes = RobustSizes()
+    grid: GridSizes = GridSizes()
 
     def section(self, name: str, **overrides):
         """Section ``name`` with ``overrides`` applied and validated (a :class:`ConfigError` names an
@@ -511,6 +546,10 @@ _PROFILES = {
                            drift_test_users=60, drift_max_iters=6, drift_max_moves=48, drift_patience=2,
                            opt_pool=80, opt_valid_users=200, opt_test_users=1000, opt_max_iters=10,
                            opt_max_moves=96),
+        grid=GridSizes(datasets=_ALL_DATASETS, models=("smollm2-135m", "gemma3-270m"),
+                       llm_methods=_ALL_SELECTORS, other_model_methods=("zero-shot",),
+                       effect_datasets=("amazon-games", "ml-100k"), icl_datasets=None,
+                       n_users=200, reader_datasets=_ALL_DATASETS),
     ),
     "gpu": Profile(
         "gpu",
@@ -541,6 +580,10 @@ _PROFILES = {
                            drift_test_users=70, drift_max_iters=10, drift_max_moves=96, drift_patience=2,
                            opt_pool=120, opt_valid_users=500, opt_test_users=5000, opt_max_iters=15,
                            opt_max_moves=192),
+        grid=GridSizes(datasets=_ALL_DATASETS, models=("smollm2-135m", "gemma3-270m"),
+                       llm_methods=_ALL_SELECTORS, other_model_methods=_ALL_SELECTORS,
+                       effect_datasets=_ALL_DATASETS, icl_datasets=None, n_users=None,
+                       reader_datasets=_ALL_DATASETS),
     ),
 }  # fmt: skip
 
