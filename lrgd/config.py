@@ -47,6 +47,7 @@ from lrgd.errors import ConfigError, DataError
 
 PROFILES = ("ci", "full", "gpu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 
 #: The repository root (the folder holding ``lrgd/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +213,8 @@ class EvalSizes:
     bias_users: int | None = 10
     generate_users: int = 3
     n_boot: int = 2000  # bootstrap resamples per confidence interval
+    score_mode: str = "packed"  # how a prompt's candidates share forwards (lrgd.rec.rank.SCORING_MODES)
+    score_tokens: int = 1024  # candidate-title positions per forward (a GPU takes more at once)
 
     def validate(self) -> EvalSizes:
         for name in ("n_users", "n_valid_users", "curve_users", "bias_users"):
@@ -220,6 +223,11 @@ class EvalSizes:
                 raise ConfigError(f"eval.{name} must be ≥ 1 or None (all), got {v}")
         if self.n_boot < 100:
             raise ConfigError(f"eval.n_boot must be ≥ 100 for a 95% interval, got {self.n_boot}")
+        if self.score_mode not in ("packed", "batched") or self.score_tokens < 1:
+            raise ConfigError(
+                f"eval.score_mode must be packed or batched and score_tokens ≥ 1, got "
+                f"{self.score_mode!r}, {self.score_tokens}"
+            )
         return self
 
 
@@ -561,7 +569,8 @@ _PROFILES = {
                              batch=256, eval_queries=10000, dual_prompts=64),
         eval=EvalSizes(n_users=None, n_valid_users=1000, valid_datasets=_TABLE, similarity_pool=50000,
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
-                       curve_ks=(0, 1, 2, 4, 8), curve_users=5000, bias_users=2000, generate_users=500),
+                       curve_ks=(0, 1, 2, 4, 8), curve_users=5000, bias_users=2000, generate_users=500,
+                       score_mode="batched", score_tokens=8192),
         effect=EffectSizes(n_demos=50, n_users=50, testbed_queries=2000, testbed_pool=64, select_pool=300),
         ceiling=CeilingSizes(selectors=_FULL_SELECTORS, ks=_FULL_KS,
                              n_users=None, n_valid_users=1000),
@@ -610,6 +619,16 @@ def resolve_device(device: str = "auto") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch sees no GPU; use device='cpu' or 'auto'")
     return device
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    """Map ``auto`` to ``bfloat16`` on ``cuda`` and ``float32`` elsewhere (``device`` already resolved);
+    validate the rest. The dtype enters the key of every LLM result (:meth:`lrgd.rec.runner.Runner.key`)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
 
 
 def cache_dir() -> Path:

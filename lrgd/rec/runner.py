@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrgd.config import get_profile, resolve_device, results_dir
+from lrgd.config import get_profile, resolve_device, resolve_dtype, results_dir
 from lrgd.errors import ConfigError, DataError, ModelError
 from lrgd.metrics import per_user_metrics, summarize
 from lrgd.rec.conditions import EvalConfig
@@ -119,6 +119,8 @@ class Runner:
     """Evaluates :class:`EvalConfig` s; holds the model, datasets and caches shared between them.
 
     ``device`` is checked here (an unavailable device fails before anything is computed or written).
+    ``dtype`` is the LLMs' weight and activation dtype (``auto``: bfloat16 on cuda, float32 elsewhere); it
+    and the profile's scoring batch (``eval.score_mode``, ``eval.score_tokens``) enter every LLM key.
     """
 
     def __init__(
@@ -128,10 +130,11 @@ class Runner:
         quiet: bool = False,
         results_root: Path | None = None,
         data_dir: Path | None = None,
+        dtype: str = "auto",
     ) -> None:
         self.profile = get_profile(profile)
         self.preset = self.profile.eval
-        resolve_device(device)
+        self.dtype = resolve_dtype(dtype, resolve_device(device))
         self.device = device
         self.quiet = quiet
         name = self.profile.name
@@ -167,7 +170,7 @@ class Runner:
             from lrgd.llm import load_model
 
             importlib.import_module("transformers.utils.logging").set_verbosity_error()
-            self._models[name] = load_model(name, self.device)
+            self._models[name] = load_model(name, self.device, self.dtype)
         return self._models[name]
 
     # --------------------------------------------------------------------------- trained models
@@ -364,6 +367,9 @@ class Runner:
         """Hash (12 hex) of the full configuration but ``n_users``, the data, the weights and the code."""
         config = {**cfg.as_dict(), "params": asdict(self.method(cfg))}
         del config["n_users"]
+        if cfg.llm and not is_trained(cfg.model):  # the numerics of an LLM's scores
+            config["numerics"] = {"dtype": self.dtype, "mode": self.preset.score_mode,
+                                  "tokens": self.preset.score_tokens}  # fmt: skip
         weights = self.model_source(cfg.model)[1] if cfg.llm else None
         return cache_key(
             config, self.data(cfg.dataset).fingerprint, weights, code_hash(*self.code_modules(cfg))
@@ -476,6 +482,7 @@ class Runner:
             **prov.finish().as_dict(),
             "method": cfg.method,
             "k": cfg.k,
+            "dtype": self.dtype if cfg.llm and not is_trained(cfg.model) else None,
             "key": key,
             "data_path": str(st.ds.source),
             "data_fingerprint": st.fingerprint,
@@ -702,8 +709,11 @@ class Runner:
 
         from lrgd.rec.rank import score_continuations
 
+        p = self.preset
         with torch.inference_mode():
-            return score_continuations(self.lm(cfg.model).model, up.prompt.input_ids, up.continuations)
+            return score_continuations(
+                self.lm(cfg.model).model, up.prompt.input_ids, up.continuations, p.score_mode, p.score_tokens
+            )
 
     def null_scores(self, cfg: EvalConfig, titles: Sequence[str]) -> np.ndarray:
         """Summed log-prob of each title after the history-free null prompt [N] (cached per title)."""
@@ -718,8 +728,9 @@ class Runner:
             sep = continuation_sep(lm.info.chat)
             null = build_prompt(lm.tokenizer, null_prompt_parts(), chat=lm.info.chat)
             with torch.inference_mode():
+                conts = [self._tokens(cfg, t, sep) for t in missing]
                 ns = score_continuations(
-                    lm.model, null.input_ids, [self._tokens(cfg, t, sep) for t in missing]
+                    lm.model, null.input_ids, conts, self.preset.score_mode, self.preset.score_tokens
                 )
             for t, v in zip(missing, ns.summed):
                 self._null[(cfg.model, t)] = float(v)
