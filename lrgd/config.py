@@ -32,6 +32,10 @@ Environment variables (all optional; read here and nowhere else):
     (default ``~/.cache/lrgd``, or ``$XDG_CACHE_HOME/lrgd``).
 ``LRGD_PROFILE``
     Default profile when a caller passes none (``ci`` unless set).
+``LRGD_SCHEDULER``
+    Address of a running dask scheduler (``tcp://host:8786``) on which :func:`lrgd.grid.run_grid` and
+    ``python -m lrgd grid`` compute the results grid when no ``--scheduler`` is given (unset: a local
+    cluster); :func:`scheduler_address`.
 """
 
 from __future__ import annotations
@@ -533,7 +537,7 @@ _PROFILES = {
                                    eval_tasks=8000),
         decoder=DecoderSizes(hidden=96, layers=3, heads=6, kv_heads=2, intermediate=256, steps=12000,
                              eval_queries=4000, dual_prompts=32),
-        eval=EvalSizes(n_users=500, n_valid_users=200, valid_datasets=_TABLE, similarity_pool=5000,
+        eval=EvalSizes(n_users=500, n_valid_users=50, valid_datasets=_TABLE, similarity_pool=5000,
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
                        curve_users=500, bias_users=200, generate_users=50),
         effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
@@ -629,6 +633,12 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     if dtype == "auto":
         return "bfloat16" if device == "cuda" else "float32"
     return dtype
+
+
+def scheduler_address() -> str | None:
+    """``$LRGD_SCHEDULER``, the address of a running dask scheduler (``tcp://host:8786``), or ``None`` when
+    it is unset or empty (:func:`lrgd.grid.run_grid` then starts a local cluster)."""
+    return os.environ.get("LRGD_SCHEDULER", "").strip() or None
 
 
 def cache_dir() -> Path:
