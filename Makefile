@@ -3,8 +3,10 @@
 #   make test   # venv + install + execute notebooks + unit tests + nbval + ruff + the browser check of the book
 # Parameters (papermill → each notebook's `parameters` cell):
 #   PROFILE=ci|full|gpu   DEVICE=auto|cpu|cuda   MODEL=smollm2-135m|gemma3-270m|/path/to/hf-model
+#   DTYPE=auto|float32|bfloat16|float16|float64   (the LLM's dtype; auto: bfloat16 on cuda, float32 elsewhere)
 #   DATASET=amazon-games|amazon-beauty|amazon-toys|amazon-scientific|ml-100k   SEED=0
 #   (each notebook receives only the parameters its `parameters` cell declares)
+#   make grid PROFILE=full [SCHEDULER=tcp://host:8786]   # the results grid of chapter 6 (python -m lrgd grid)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -17,6 +19,7 @@ ifeq ($(CI),true)
 PROFILE := ci
 endif
 DEVICE ?= auto
+DTYPE  ?= auto
 MODEL  ?= smollm2-135m
 DATASET ?= amazon-games
 SEED   ?= 0
@@ -25,13 +28,13 @@ CHROMIUM ?= /usr/bin/chromium
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
 LIB      := $(shell find lrgd -name "*.py")
-PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p model $(MODEL) -p dataset $(DATASET) -p seed $(SEED)
+PARAMS   := -p profile $(PROFILE) -p device $(DEVICE) -p dtype $(DTYPE) -p model $(MODEL) -p dataset $(DATASET) -p seed $(SEED)
 STAMP    := $(VENV)/.installed
 
-.PHONY: help venv notebooks book browser test unit nbval lint format bench clean FORCE
+.PHONY: help venv notebooks book grid browser test unit nbval lint format bench clean FORCE
 
 help:
-	@sed -n '1,8p' Makefile
+	@sed -n '1,9p' Makefile
 
 # ---------------------------------------------------------------- environment
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
@@ -45,12 +48,19 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 venv: $(STAMP)
 
 # ---------------------------------------------------------------- notebooks (papermill is the one executor)
+# The results grid of chapter 6 (python -m lrgd grid): GRID_PLAN prints how many runs are missing under their
+# current keys and their estimated time (computes nothing); `make grid` computes them (resumable).
+GRID_ARGS := --profile $(PROFILE) --device $(DEVICE) --dtype $(DTYPE)
+GRID_PLAN  = $(BIN)/python -m lrgd grid $(GRID_ARGS) --dry-run
+# chapter 6 prints the plan first (BEFORE: a command run before a notebook executes; empty for the others)
+_build/notebooks/06_results.ipynb: BEFORE = $(GRID_PLAN)
 # Re-run a notebook when its source, the library or the parameters change.
 _build/notebooks/.params: FORCE
 	@mkdir -p $(@D)
 	@echo '$(PARAMS)' | cmp -s - $@ || echo '$(PARAMS)' > $@
 
 _build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hide_injected.py _build/notebooks/.params $(STAMP)
+	$(BEFORE)
 	@p="$$($(BIN)/python scripts/nb_params.py $< $(PARAMS))"; echo "== executing $< [$$p]"; \
 	$(BIN)/jupytext --quiet --to ipynb --output $(@D)/$*.src.ipynb $< && \
 	$(BIN)/papermill --no-progress-bar $(@D)/$*.src.ipynb $(@D)/$*.run.ipynb $$p \
@@ -62,6 +72,11 @@ _build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hid
 _build/notebooks/05_benchmarks.ipynb: $(filter-out _build/notebooks/05_benchmarks.ipynb,$(NB_OUT)) $(wildcard benchmarks/results.json)
 
 notebooks: $(NB_OUT)
+
+# ---------------------------------------------------------------- the results grid (chapter 6)
+# On one machine a dask LocalCluster; SCHEDULER=tcp://host:8786 sends the tasks to a running dask cluster.
+grid: $(STAMP)
+	$(BIN)/python -m lrgd grid $(GRID_ARGS)$(if $(SCHEDULER), --scheduler $(SCHEDULER))
 
 # ---------------------------------------------------------------- book
 book: notebooks

@@ -49,6 +49,8 @@ model = "smollm2-135m"  # smollm2-135m | gemma3-270m | /path/to/a/local/hf-model
 dataset = "amazon-games"  # where the real prompts' titles come from
 seed = 0
 n_prompts = None  # real-LLM prompts for the Δo study (None: take it from the profile)
+# No dtype parameter: the LLM runs in float32 on every device, because §1.4 checks its per-head rebuild
+# at float32 rounding (1e-5); in bfloat16 (2^-8 ≈ 4e-3 relative) that identity could not be checked.
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -278,7 +280,7 @@ from lrgd.llm import forward_captured, load_model
 from lrgd.progress import progress
 from lrgd.rec.data import leave_one_out, load_dataset
 
-lm = load_model(model, device=dev)
+lm = load_model(model, device=dev, dtype="float32")  # fixed: §1.4's tolerances (see the parameters)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
 info = lm.info
 print(

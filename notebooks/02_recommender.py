@@ -37,6 +37,7 @@ profile = (
     "ci"  # ci | full | gpu — users per dataset and conditions (lrgd.config: the profile's .eval section)
 )
 device = "auto"  # auto | cpu | cuda
+dtype = "auto"  # the LLM's dtype: auto (bfloat16 on cuda, float32 elsewhere) | float32 | bfloat16
 model = "smollm2-135m"  # smollm2-135m | gemma3-270m | /path/to/a/local/hf-model
 seed = 0
 n_users = None  # test users per dataset (None: the profile's)
@@ -63,13 +64,14 @@ from lrgd.results import write_json
 P = get_profile(profile).eval
 dev = resolve_device(device)
 n_users = n_users or P.n_users
-runner = Runner(profile, dev, quiet=True)
+runner = Runner(profile, dev, quiet=True, dtype=dtype)
 prov = Provenance(profile=profile, device=dev, seed=seed, dataset=", ".join(P.table_datasets))
 lm = runner.lm(model)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 users_label = "all" if n_users is None else n_users
-print(f"profile={profile} device={dev} model={lm.info.name} seed={seed} test users per dataset={users_label}")
+print(f"profile={profile} device={dev} dtype={runner.dtype} model={lm.info.name} seed={seed} "
+      f"test users per dataset={users_label}")  # fmt: skip
 
 # %% tags=["hide-input"]
 refs = ("ref-random", "ref-popularity", "ref-bm25", "ref-markov")

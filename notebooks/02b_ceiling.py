@@ -33,6 +33,7 @@
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu — sizes: the profile's .ceiling, .reader and .itemid sections (lrgd.config)
 device = "auto"  # auto | cpu | cuda
+dtype = "auto"  # chapter 2's LLM runs are read at this dtype (auto: bfloat16 on cuda, float32 elsewhere)
 model = "smollm2-135m"  # the LLM of chapter 2 whose runs are compared with the ceiling
 seed = 0
 
@@ -56,12 +57,12 @@ from lrgd.results import write_json
 prof = get_profile(profile)
 C, RD, IM = prof.ceiling, prof.reader, prof.itemid
 dev = resolve_device(device)
-runner = Runner(profile, dev, quiet=True)
+runner = Runner(profile, dev, quiet=True, dtype=dtype)
 prov = Provenance(profile=profile, device=dev, seed=seed, dataset=", ".join(C.datasets))
 checks = Checks()
 plt.rcParams.update({"figure.dpi": 110})
 users = "all" if C.n_users is None else C.n_users
-print(f"profile={profile} device={dev} seed={seed} test users per dataset={users}")
+print(f"profile={profile} device={dev} dtype={runner.dtype} seed={seed} test users per dataset={users}")
 
 
 def show(df: pd.DataFrame, uuid: str, caption: str | None = None, precision: int = 3, formats=None) -> None:

@@ -53,6 +53,7 @@
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu
 device = "auto"  # auto | cpu | cuda
+dtype = "auto"  # the real LLM's dtype (§3.4–3.5): auto (bfloat16 on cuda, float32 elsewhere) | float32
 model = "smollm2-135m"  # the real LLM of §3.4: smollm2-135m | gemma3-270m | /path/to/hf-model
 dataset = "amazon-games"  # the real data of §3.4
 seed = 0
@@ -69,7 +70,7 @@ import torch
 from IPython.display import Markdown, display
 
 from lrgd.checks import Checks
-from lrgd.config import get_profile, resolve_device, results_dir
+from lrgd.config import get_profile, resolve_device, resolve_dtype, results_dir
 from lrgd.demos import effect as fx
 from lrgd.demos import effect_report as er
 from lrgd.demos import effect_study as es
@@ -90,7 +91,8 @@ llm_threads = min(2, torch.get_num_threads())  # the LLM sections (§3.4–3.5) 
 torch.set_num_threads(llm_threads)
 plt.rcParams.update({"figure.dpi": 110, "figure.figsize": (6.4, 3.6)})
 checks = Checks()
-print(f"profile={cfg.name} device={dev} model={model} dataset={dataset} seed={seed} M={n_demos} N={n_users}")
+print(f"profile={cfg.name} device={dev} dtype={resolve_dtype(dtype, dev)} model={model} dataset={dataset} "
+      f"seed={seed} M={n_demos} N={n_users}")  # fmt: skip
 
 # %% [markdown]
 # ## 3.2 Check: the first-order formula is the exact derivative
@@ -214,7 +216,7 @@ from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
 
 torch.set_num_threads(llm_threads)  # back from the tiny decoder's one thread (§3.3)
-runner = Runner(cfg.name, dev, quiet=True)
+runner = Runner(cfg.name, dev, quiet=True, dtype=dtype)
 lm, data = runner.lm(model), runner.data(dataset)
 prov.set_model(lm.info.name, lm.info.source_file, lm.info.sha256)
 llm = es.llm_pairs(lm, data.ds, data.split, n_demos, n_users, seed)

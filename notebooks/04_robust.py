@@ -31,6 +31,7 @@
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu — sizes: the profile's .robust section (lrgd.config)
 device = "auto"  # auto | cpu | cuda (the tiny decoder always runs on the CPU)
+dtype = "auto"  # §4.8 reads chapter 2's LLM run at this dtype (auto: bfloat16 on cuda, float32 elsewhere)
 seed = 0
 
 # %% tags=["hide-input"]
@@ -65,9 +66,9 @@ plt.rcParams.update({"figure.dpi": 110})
 torch.set_num_threads(1)  # the tiny decoder is fastest (and deterministic) on one thread
 base = rw.RecWorld.generate(prof.world, seed)
 decoder = td.load_or_train(base, prof.decoder, seed=seed, device="cpu")  # chapter 1b's decoder (cached)
-runner = Runner(profile, dev, quiet=True)  # chapter 2's runner: the reader's sections (§4.6b–4.8)
+runner = Runner(profile, dev, quiet=True, dtype=dtype)  # chapter 2's runner: the reader (§4.6b–4.8)
 reader = prof.reader.models[0]  # chapter 2b's trained in-context model
-print(f"profile={profile} seed={seed} users={R.n_users} pool={R.n_pool} k={R.k}")
+print(f"profile={profile} dtype={runner.dtype} seed={seed} users={R.n_users} pool={R.n_pool} k={R.k}")
 
 
 def show(df: pd.DataFrame, uuid: str, caption: str | None = None, precision: int = 3, formats=None) -> None:

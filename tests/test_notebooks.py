@@ -26,7 +26,7 @@ def readme_parameters() -> list[str]:
 
 
 def test_readme_documents_the_shared_parameters():
-    assert readme_parameters() == ["profile", "device", "model", "dataset", "seed"]
+    assert readme_parameters() == ["profile", "device", "dtype", "model", "dataset", "seed"]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
@@ -49,6 +49,7 @@ def test_make_passes_every_documented_parameter_to_each_declaring_notebook():
     values = {
         "PROFILE": "full",
         "DEVICE": "cpu",
+        "DTYPE": "bfloat16",
         "MODEL": "gemma3-270m",
         "DATASET": "amazon-beauty",
         "SEED": "7",
