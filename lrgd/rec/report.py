@@ -86,3 +86,34 @@ def styled(
     for column, fmt in (formats or {}).items():  # one call per column: a dict would reset the others
         sty = sty.format(fmt, subset=[column], na_rep="—")
     return sty.set_caption(caption) if caption else sty
+
+
+#: how :func:`styled_best` marks the best and the second value of a column
+BEST_CSS = {"best": "font-weight: bold", "second": "text-decoration: underline"}
+
+
+def best_two(means: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Per column of ``means`` [rows, columns]: ``"best"`` where the value, rounded to ``digits`` as the
+    page shows it, is the column's highest, ``"second"`` at the next distinct value, ``""`` elsewhere
+    (NaN is never marked; equal shown values get the same mark, as in the paper's tables).
+
+    >>> best_two(pd.DataFrame({"a": [0.5, 0.7, 0.6, float("nan")]}))["a"].tolist()
+    ['', 'best', 'second', '']
+    """
+    out = pd.DataFrame("", index=means.index, columns=means.columns)
+    for col in means.columns:
+        shown = means[col].astype(float).round(digits)
+        top = sorted(set(shown.dropna()), reverse=True)[:2]
+        for mark, value in zip(("best", "second"), top):
+            out.loc[(shown == value).to_numpy(), col] = mark
+    return out
+
+
+def styled_best(
+    cells: pd.DataFrame, means: pd.DataFrame, uuid: str, caption: str | None = None, digits: int = 3
+):
+    """:func:`styled` table of text ``cells`` whose columns shared with ``means`` (numeric, same index)
+    get the best value in bold and the second underlined (:func:`best_two`)."""
+    css = best_two(means, digits).replace(BEST_CSS)
+    css = css.reindex(columns=cells.columns, fill_value="")
+    return styled(cells, uuid, caption).apply(lambda _: css, axis=None)
