@@ -19,6 +19,16 @@ writes its state atomically to ``<out>.state.json`` after stage 1 and after ever
 resumes from it when run again with the same arguments (identical result); other arguments are refused
 unless ``--restart``. The demonstration file ``--out`` is what ``evaluate --method optimized --demos``
 reads.
+
+``grid`` computes the main results grid of a profile (:mod:`lrgd.grid`) on a dask cluster, with a
+progress bar over tasks, publishing each summary under ``results/<profile>/grid/``; published tasks are
+skipped, so running it again resumes. ``--dry-run`` prints how many tasks are published and missing and
+the estimated compute of the missing ones, and computes nothing::
+
+    python -m lrgd grid --profile full --dry-run
+    python -m lrgd grid --profile full --workers 2 --threads 1            # a local cluster
+    python -m lrgd grid --profile gpu --scheduler tcp://host:8786 --device cuda   # or LRGD_SCHEDULER
+    python -m lrgd grid --profile ci --workers 0 --only-kind reference   # in this process, no dask
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         help="smollm2-135m | gemma3-270m | a local HF folder | trained:reader | trained:reader-anon",
     )  # fmt: skip
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    e.add_argument("--dtype", default="auto", help=_DTYPE_HELP)
     e.add_argument("--split", default="test", help=f"one of: {', '.join(SPLITS)}")
     e.add_argument("--seed", type=int, default=0, help="≥ 0")
     e.add_argument("--candidates", type=int, default=20, help="candidates per user (target + negatives)")
@@ -82,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     _optimize_parser(sub)
+    _grid_parser(sub)
     g = e.add_argument_group("method parameters", "declared by the selectors and references that take them")
     for param, owners, default in _method_params().values():
         kind = _bool if param.type is bool else param.type
@@ -114,9 +126,34 @@ def _optimize_parser(sub) -> None:
     o.add_argument("--seed", type=int, default=0, help="≥ 0")
     o.add_argument("--restart", action="store_true", help="discard a state file written by other arguments")
     o.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    o.add_argument("--dtype", default="auto", help=_DTYPE_HELP)
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.add_argument("--results-dir", type=Path, default=None, help="root instead of results/ (tests)")
     o.add_argument("--data-dir", type=Path, default=None, help="folder holding <dataset>/")
+
+
+def _grid_parser(sub) -> None:
+    """``grid``: the main results grid of a profile (:mod:`lrgd.grid`) through dask.distributed."""
+    g = sub.add_parser("grid", help="compute the main results grid of a profile (dask; resumable)")
+    g.add_argument("--profile", default=None, help="ci | full | gpu (default ci)")
+    g.add_argument("--dry-run", action="store_true", help="print published / missing tasks and the estimate")
+    g.add_argument(
+        "--scheduler", default=None,
+        help="a running dask scheduler, tcp://host:8786 (default $LRGD_SCHEDULER, else a local cluster); "
+        "'sequential': this process, no dask",
+    )  # fmt: skip
+    g.add_argument("--workers", type=int, default=2, help="local cluster: worker processes (0: no dask)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per worker (one task at a time)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (on the workers)")
+    g.add_argument("--dtype", default="auto", help=_DTYPE_HELP)
+    g.add_argument("--only-kind", default=None, help="only the tasks of one kind: llm | reference | reader")
+    g.add_argument("--only-model", default=None, help="only the tasks of one model (e.g. gemma3-270m)")
+    g.add_argument("--results-dir", type=Path, default=None, help="root instead of results/ (tests)")
+    g.add_argument("--data-dir", type=Path, default=None, help="folder holding <dataset>/")
+    g.add_argument("--quiet", action="store_true", help="no plan line and no progress bar")
+
+
+_DTYPE_HELP = "auto (bfloat16 on cuda, float32 elsewhere) | float32 | bfloat16 | float16"
 
 
 def _method_params() -> dict:
@@ -169,7 +206,9 @@ def _evaluate(a: argparse.Namespace) -> int:
     method = cfg.method_object(profile)
     if hasattr(method, "check_config"):  # e.g. the optimized selector's file must match the condition
         method.check_config(cfg)
-    runner = Runner(profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
+    runner = Runner(
+        profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir, dtype=a.dtype
+    )
     res = runner.run(cfg)
     print(
         f"{cfg.dataset} · {cfg.name} · {res['n_users']} users · "
@@ -221,7 +260,9 @@ def _optimize(a: argparse.Namespace) -> int:
 
     profile = get_profile(a.profile)
     spec = _optimize_spec(a, profile)
-    runner = Runner(profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir)
+    runner = Runner(
+        profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir, dtype=a.dtype
+    )
     ident = {
         "spec": asdict(spec),
         "profile": profile.name,
@@ -269,6 +310,50 @@ def _optimize(a: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_tasks(a: argparse.Namespace) -> list:
+    """The profile's grid tasks, filtered by ``--only-kind`` and ``--only-model`` (checked against it)."""
+    from lrgd.config import get_profile
+    from lrgd.errors import ConfigError
+    from lrgd.grid import KINDS, grid_tasks
+
+    tasks = grid_tasks(get_profile(a.profile).name)
+    if a.only_kind is not None:
+        if a.only_kind not in KINDS:
+            raise ConfigError(f"--only-kind {a.only_kind!r} is not a kind; choose one of {', '.join(KINDS)}")
+        tasks = [t for t in tasks if t.kind == a.only_kind]
+    if a.only_model is not None:
+        models = sorted({t.cfg.model for t in tasks if t.kind != "reference"})
+        if a.only_model not in models:
+            raise ConfigError(
+                f"--only-model {a.only_model!r} has no task in this grid; choose one of {', '.join(models)}"
+            )
+        tasks = [t for t in tasks if t.kind != "reference" and t.cfg.model == a.only_model]
+    return tasks
+
+
+def _grid(a: argparse.Namespace) -> int:
+    """Plan (``--dry-run``) or compute the grid; failed tasks are named one per line, then summed up."""
+    from lrgd.config import DTYPES, get_profile, results_dir
+    from lrgd.errors import ConfigError
+    from lrgd.grid import grid_status, run_grid
+
+    if a.dtype not in DTYPES:  # checked before a cluster starts
+        raise ConfigError(f"--dtype {a.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+    profile = get_profile(a.profile).name
+    tasks = _grid_tasks(a)
+    where = dict(scheduler=a.scheduler, workers=a.workers, threads=a.threads, device=a.device, dtype=a.dtype,
+                 results_root=a.results_dir, data_dir=a.data_dir)  # fmt: skip
+    if a.dry_run:
+        status = grid_status(profile, tasks, **where)
+        print("\n".join(status.lines(profile)))
+        status.check()  # a task that cannot be located (missing data or model) fails the dry run too
+        return 0
+    summaries = run_grid(profile, tasks, progress=not a.quiet, **where)
+    root = a.results_dir / profile if a.results_dir is not None else results_dir(profile)
+    print(f"{len(summaries)} grid tasks published under {root / 'grid'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -276,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "optimize":
             return _optimize(args)
+        if args.command == "grid":
+            return _grid(args)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
