@@ -50,7 +50,7 @@ venv: $(STAMP)
 # ---------------------------------------------------------------- notebooks (papermill is the one executor)
 # The results grid of chapter 6 (python -m lrgd grid): GRID_PLAN prints how many runs are missing under their
 # current keys and their estimated time (computes nothing); `make grid` computes them (resumable).
-GRID_ARGS := --profile $(PROFILE) --device $(DEVICE) --dtype $(DTYPE)
+GRID_ARGS := --profile $(PROFILE) --device $(DEVICE) --dtype $(DTYPE)$(if $(SCHEDULER), --scheduler $(SCHEDULER))
 GRID_PLAN  = $(BIN)/python -m lrgd grid $(GRID_ARGS) --dry-run
 # chapter 6 prints the plan first (BEFORE: a command run before a notebook executes; empty for the others)
 _build/notebooks/06_results.ipynb: BEFORE = $(GRID_PLAN)
@@ -76,7 +76,7 @@ notebooks: $(NB_OUT)
 # ---------------------------------------------------------------- the results grid (chapter 6)
 # On one machine a dask LocalCluster; SCHEDULER=tcp://host:8786 sends the tasks to a running dask cluster.
 grid: $(STAMP)
-	$(BIN)/python -m lrgd grid $(GRID_ARGS)$(if $(SCHEDULER), --scheduler $(SCHEDULER))
+	$(BIN)/python -m lrgd grid $(GRID_ARGS)
 
 # ---------------------------------------------------------------- book
 book: notebooks
