@@ -310,9 +310,9 @@ def _connect(address: str):
         return Client(address, timeout="20s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(
-            f"cannot reach the dask scheduler at {address} ({describe(exc)}); start it with `dask scheduler` "
-            f"and one `dask worker {address} --nthreads 1` per device, fix --scheduler / LRGD_SCHEDULER, or "
-            "leave both unset for a local cluster"
+            f"cannot reach the dask scheduler at {address} ({' '.join(str(exc).split())}); start it with "
+            f"`dask scheduler` and one `dask worker {address} --nthreads 1` per device, fix --scheduler / "
+            "LRGD_SCHEDULER, or leave both unset for a local cluster"
         ) from None
 
 
