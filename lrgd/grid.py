@@ -449,7 +449,8 @@ def run_grid(
 
     Where: ``scheduler`` ``"sequential"`` or ``workers=0`` → this process, without dask; a scheduler address
     (``tcp://host:8786``; else ``$LRGD_SCHEDULER``) → that cluster; otherwise a ``LocalCluster`` of
-    ``workers`` processes with torch on ``threads`` threads each. Published tasks are not sent (a
+    ``workers`` processes with torch on ``threads`` threads each (a sequential run keeps this process's
+    torch threads). Each worker runs one task at a time. Published tasks are not sent (a
     second run computes nothing), nor is a cluster started when nothing is missing. A failing task is
     reported in one line naming it while the others go on; then one :class:`ConfigError` (or the
     failures' shared family, :class:`DataError` / :class:`ModelError`) sums them up.
