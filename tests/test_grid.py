@@ -7,7 +7,7 @@
 * the grid of each profile is consistent (paired test rows, valid tasks on validation users, no duplicate).
 
 The cluster test opens local TCP sockets (dask's scheduler), hence ``enable_socket`` under ``make unit``'s
-``--disable-socket``; it takes about 15 s on two busy cores (worker start-up and imports).
+``--disable-socket``; it takes about 25 s on two busy cores (mostly worker start-up and imports).
 """
 
 from __future__ import annotations
