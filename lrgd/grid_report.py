@@ -57,7 +57,9 @@ ALPHA = 0.05
 BETTER, WORSE = "▲", "▼"
 #: marks a baseline chosen on test users (some candidate has no published validation run)
 ON_TEST = "†"
-REFERENCES = "non-LLM references"
+REFERENCES = "references"
+#: the last column: the paired difference from the group's baseline
+COMPARE = f"Δ{METRIC} vs baseline [95% CI], Holm p"
 #: the dtype of each profile's published LLM results (part of their keys): CPU runs use float32, the
 #: ``gpu`` profile runs in bfloat16 on cuda (:func:`lrgd.config.resolve_dtype`)
 PUBLISHED_DTYPE = {"ci": "float32", "full": "float32", "gpu": "bfloat16"}
@@ -125,8 +127,9 @@ def choose_reader(results: Mapping[GridTask, dict | None], dataset: str) -> tupl
 @dataclass
 class Row:
     """One row of a table: its ``group`` (an LLM, the references or the reader), ``label``, the test
-    summary (None: missing), the score ``variant`` read, whether it is a non-demonstration row (a
-    baseline candidate), and its validation counterpart's summary (None: none published)."""
+    summary (None: missing), the score ``variant`` read (None: not chosen), whether it is a
+    non-demonstration row (a baseline candidate), its validation counterpart's summary (None: none
+    published) and its ``model``."""
 
     group: str
     label: str
@@ -134,7 +137,7 @@ class Row:
     variant: str | None
     plain: bool
     valid: dict | None = None
-    note: str = ""
+    model: str = ""  # the LLM or trained model ("" for a reference)
 
     @property
     def ready(self) -> bool:
@@ -156,6 +159,11 @@ class Table:
     def users(self) -> list[int]:
         """The distinct numbers of users of the published rows."""
         return sorted({r.result["n_users"] for r in self.rows if r.result is not None})
+
+    @property
+    def models(self) -> list[str]:
+        """The models of the table's rows (LLMs and the reader), in row order."""
+        return list(dict.fromkeys(r.model for r in self.rows if r.model))
 
     @property
     def commits(self) -> list[str]:
@@ -192,23 +200,25 @@ def _rows(dataset: str, results: Mapping[GridTask, dict | None], variants) -> tu
         for t in (t for t in tests if t.kind == "llm" and t.cfg.model == model):
             plain = t.cfg.k == 0
             twin = _valid_twin(t, results) if plain else None
-            rows.append(Row(model, _llm_label(t), results[t], variant, plain, twin))
+            rows.append(Row(model, _llm_label(t), results[t], variant, plain, twin, model))
     for t in (t for t in tests if t.kind == "reference"):
         rows.append(Row(REFERENCES, METHOD_LABELS.get(t.cfg.method, t.cfg.method), results[t], "score",
                         True, _valid_twin(t, results)))  # fmt: skip
     readers = [t for t in tests if t.kind == "reader"]
     if readers:
-        group = f"reader ({readers[0].cfg.model})"
+        group = "reader"  # chapter 2b's trained reader (its model name is in the caption)
         zero = next(t for t in readers if t.cfg.k == 0)
-        rows.append(Row(group, "k = 0", results[zero], "score", True, _valid_twin(zero, results)))
+        reader = zero.cfg.model
+        rows.append(Row(group, "k = 0", results[zero], "score", True, _valid_twin(zero, results), reader))
         pick = choose_reader(results, dataset)
         if pick is None:
-            rows.append(Row(group, "best (selector, k)", None, None, False,
-                            note="no validation run published: not chosen"))  # fmt: skip
+            rows.append(Row(group, "best (selector, k)", None, None, False, model=reader))
+            notes.append(f"{group}: no validation run is published, so its best (selector, k) is not chosen.")
         else:
             best = next(t for t in readers if (t.cfg.method, t.cfg.k) == pick)
-            rows.append(Row(group, f"best: {pick[0]}, k = {pick[1]}", results[best], "score", False))
-            notes.append(f"{group}: the best (selector, k) is chosen by mean {METRIC} on validation users.")
+            label = f"best: {pick[0]}, k = {pick[1]}"
+            rows.append(Row(group, label, results[best], "score", False, model=reader))
+            notes.append(f"{group} ({reader}): the best (selector, k) by mean {METRIC} on validation users.")
     return rows, notes
 
 
@@ -275,13 +285,13 @@ def table_frames(table: Table, n_boot: int = 2000, seed: int = 0) -> tuple[pd.Da
         stats = summarize(r.result["ranks"][r.variant], n_boot, seed) if r.ready else {}
         means.append({m: stats[m]["mean"] if stats else np.nan for m in METRICS})
         row = {m: _ci_cell(stats[m]) if stats else "—" for m in METRICS}
-        row[f"vs baseline ({METRIC})"] = _test_cell(table, i)
+        row[COMPARE] = _test_cell(table, i)
         cells.append(row)
     return pd.DataFrame(cells, index=index), pd.DataFrame(means, index=index)
 
 
 def _ci_cell(x: dict) -> str:
-    return f"{x['mean']:.3f}<br><small>[{x['lo']:.2f}, {x['hi']:.2f}]</small>"
+    return f"{x['mean']:.3f}<br><span class='ci'>[{x['lo']:.2f}, {x['hi']:.2f}]</span>"
 
 
 def _test_cell(table: Table, i: int) -> str:
@@ -292,36 +302,51 @@ def _test_cell(table: Table, i: int) -> str:
     if i not in table.tests:
         return "—"
     t = table.tests[i]
-    return (f"{t['diff']:+.3f} [{t['lo']:+.2f}, {t['hi']:+.2f}]<br><small>p (Holm) {format_p(t['p_holm'])}"
-            f"</small> {_mark(t)}").rstrip()  # fmt: skip
+    head = f"{t['diff']:+.3f} {_mark(t)}".rstrip()
+    return f"{head}<br><span class='ci'>[{t['lo']:+.2f}, {t['hi']:+.2f}]<br>p {format_p(t['p_holm'])}</span>"
 
 
 def caption(table: Table, profile: str, number: str = "") -> str:
     """Dataset, profile, models, users and the commit(s) recorded in the rows' provenance."""
-    models = ", ".join(dict.fromkeys(r.group for r in table.rows if r.group != REFERENCES))
+    models = ", ".join(table.models)
     users = " / ".join(str(n) for n in table.users) or "no published run"
     commits = ", ".join(table.commits) or "none"
     title = DATASET_TITLES.get(table.dataset, table.dataset)
-    return (f"{number}{title} ({table.dataset}) · profile {profile} · {models} and the non-LLM references · "
-            f"{users} test users, the same users and candidates in every row · mean [95% CI] · "
-            f"commit(s) {commits}")  # fmt: skip
+    return (f"{number}{title} · profile {profile} · models {models} · {users} test users, the same in "
+            f"every row · mean [95% CI] · commit {commits}")  # fmt: skip
+
+
+#: a compact table, so that six metrics with their intervals fit the page's width; the interval under a
+#: mean is smaller and never bold or underlined (an inline-block stops the underline from propagating)
+COMPACT = [
+    {"selector": "td, th", "props": "font-size: 0.8em; padding: 2px 3px; vertical-align: middle"},
+    {
+        "selector": ".ci",
+        "props": "display: inline-block; font-size: 0.8em; font-weight: normal; white-space: nowrap",
+    },
+    {"selector": "caption", "props": "text-align: left"},
+]
 
 
 def style_table(table: Table, uuid: str, profile: str, number: str = "", n_boot: int = 2000, seed: int = 0):
     """The table as a pandas Styler: best mean per metric bold, second underlined
-    (:func:`lrgd.rec.report.styled_best`)."""
+    (:func:`lrgd.rec.report.styled_best`), compact."""
     cells, means = table_frames(table, n_boot, seed)
-    return report.styled_best(cells, means, uuid, caption(table, profile, number))
+    sty = report.styled_best(cells, means, uuid, caption(table, profile, number))
+    return sty.set_table_styles(COMPACT, overwrite=False)
 
 
 def notes_text(table: Table) -> str:
-    """The sentences under a table: the choices made and how each group's baseline was chosen."""
+    """The sentences under a table: the choices made, and each group's baseline and where it was chosen."""
     lines = list(table.notes)
-    for group, (i, on) in table.baselines.items():
-        mark = f" ({ON_TEST}: on test users; a candidate has no validation run)" if on == "test" else ""
-        lines.append(f"{group}: baseline is '{table.rows[i].label}'"
-                     f"{'' if table.rows[i].group == group else ' (a reference)'}, by mean {METRIC} on "
-                     f"{on} users{mark}.")  # fmt: skip
+    picks = [f"{group} → {table.rows[i].label}{ON_TEST if on == 'test' else ''}"
+             for group, (i, on) in table.baselines.items()]  # fmt: skip
+    if picks:
+        on_test = any(on == "test" for _, on in table.baselines.values())
+        why = (f" ({ON_TEST}: chosen on the test users, because a candidate has no validation run)"
+               if on_test else "")  # fmt: skip
+        head = f"Baselines, the best row without demonstrations by mean {METRIC}"
+        lines.append(f"{head}: {'; '.join(picks)}{why}.")
     return "\n".join(f"- {x}" for x in lines)
 
 
@@ -329,11 +354,11 @@ def notes_text(table: Table) -> str:
 
 
 def _who(row: Row) -> str:
-    return row.label if row.group == REFERENCES else f"{row.group} {row.label}"
+    return row.label if row.group == REFERENCES else f"{row.group} ({row.label})"
 
 
 def reading(table: Table) -> str:
-    """One generated sentence per table: the best mean NDCG@10 and the rows that differ from their
+    """One generated sentence per table: the highest mean NDCG@10 and the rows that differ from their
     baseline after Holm (true at any profile: every number comes from ``table``)."""
     title = DATASET_TITLES.get(table.dataset, table.dataset)
     ready = [r for r in table.rows if r.ready]
@@ -342,11 +367,12 @@ def reading(table: Table) -> str:
     if not ready:
         return f"{title}: no row is published yet.{gap}"
     best = max(ready, key=lambda r: _mean(r.result, r.variant))
-    words = [f"{title}: the best mean {METRIC} is {_who(best)}'s ({_mean(best.result, best.variant):.3f})."]
+    value = _mean(best.result, best.variant)
+    words = [f"{title}: the highest mean {METRIC}, {value:.3f}, is {_who(best)}'s."]
     for mark, what in ((BETTER, "better"), (WORSE, "worse")):
         names = [_who(table.rows[i]) for i, t in table.tests.items() if _mark(t) == mark]
         if names:
-            words.append(f"{what.capitalize()} than their baseline after Holm: {', '.join(names)}.")
+            words.append(f"{what.capitalize()} than their baseline after Holm: {'; '.join(names)}.")
     if not any(_mark(t) for t in table.tests.values()):
         words.append("No row differs from its baseline after Holm.")
     return " ".join(words) + gap

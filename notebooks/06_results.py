@@ -36,6 +36,7 @@
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu — the profile of this build
 device = "auto"  # auto | cpu | cuda — used only when this chapter computes (tables_profile == profile)
+dtype = "auto"  # the LLMs' dtype when computing (auto: bfloat16 on cuda, float32 elsewhere)
 seed = 0
 tables_profile = ""  # whose grid the tables show: "" → full when profile is ci, else the profile itself
 
@@ -55,8 +56,8 @@ shown = tables_profile or ("full" if profile == "ci" else profile)
 compute = shown == profile
 G = get_profile(shown).grid
 dev = resolve_device(device) if compute else "cpu"  # reading needs no model: keys only
-dtype = "auto" if compute else gr.PUBLISHED_DTYPE[shown]  # the dtype enters every LLM result's key
-runner = Runner(shown, dev, quiet=True, dtype=dtype)
+llm_dtype = dtype if compute else gr.PUBLISHED_DTYPE[shown]  # the dtype enters every LLM result's key
+runner = Runner(shown, dev, quiet=True, dtype=llm_dtype)
 tasks = grid_tasks(shown, seed)
 prov = Provenance(profile=profile, device=dev, seed=seed, dataset=", ".join(G.datasets))
 checks = Checks()
