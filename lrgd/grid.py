@@ -117,8 +117,10 @@ def grid_tasks(profile: str, seed: int = 0) -> list[GridTask]:
                         params["effect_users"] = E.n_valid_users
                 cfg = EvalConfig(name, method, k, n_users=G.n_users, model=model, seed=seed, params=params)
                 test.append(GridTask(cfg, "test", "llm"))
-        for ref in G.references:
+        for ref in G.references:  # the validation runs let chapter 6 choose a baseline off the test users
             test.append(GridTask(EvalConfig(name, ref, n_users=G.n_users, seed=seed), "test", "reference"))
+            cfg = EvalConfig(name, ref, n_users=E.n_valid_users, split="valid", seed=seed)
+            valid.append(GridTask(cfg, "valid", "reference"))
         if G.reader and name in G.reader_datasets:
             rows = [("zero-shot", 0)] + [(s, k) for s in R.eval_selectors for k in R.eval_ks]
             for method, k in rows:
