@@ -74,11 +74,12 @@ print(f"build profile={profile}; tables from profile={shown} ({'computed here' i
 # %%
 results = gr.published(runner, tasks)  # task → its summary under its current key, or None
 missing = [t for t, r in results.items() if r is None]
-eta = estimate_seconds(missing, runner.root.parent) / 60
+eta = estimate_seconds(missing, runner.root.parent)
 print(f"profile {shown}: {len(tasks)} runs in the grid, {len(tasks) - len(missing)} published, "
       f"{len(missing)} missing")  # fmt: skip
 if missing:
-    print(f"estimated time of the missing runs: about {eta:.0f} min (at the speeds earlier runs measured)")
+    when = f"{eta / 60:.0f} min" if eta >= 60 else f"{eta:.0f} s"
+    print(f"estimated time of the missing runs: about {when} (at the speeds earlier runs measured)")
     print(f"compute them with: python -m lrgd grid --profile {shown}")
 if compute and missing:
     for task in progress(missing, f"grid {shown}", total=len(missing)):
