@@ -48,6 +48,7 @@ __all__ = [
     "published",
     "style_table",
     "table_frames",
+    "tally",
 ]
 
 #: the metric every choice and every paired test uses
@@ -406,3 +407,22 @@ def rows_json(table: Table) -> list[dict]:
             row.update({k: round(float(v), 5) for k, v in table.tests[i].items()})
         out.append(row)
     return out
+
+
+#: the columns of :func:`tally`
+TALLY = ("rows", "published", f"better {BETTER}", f"worse {WORSE}", "no detectable difference")
+
+
+def tally(tables: Sequence[Table]) -> pd.DataFrame:
+    """Across ``tables``: per group (each LLM, the references, the reader), how many rows there are,
+    how many are published, and how many of the compared ones are better / worse than their baseline
+    after Holm or not distinguishable from it."""
+    counts: dict[str, dict[str, int]] = {}
+    for table in tables:
+        for i, r in enumerate(table.rows):
+            c = counts.setdefault(r.group, dict.fromkeys(TALLY, 0))
+            c["rows"] += 1
+            c["published"] += r.ready
+            if i in table.tests:
+                c[TALLY[{BETTER: 2, WORSE: 3, "": 4}[_mark(table.tests[i])]]] += 1
+    return pd.DataFrame.from_dict(counts, orient="index", columns=list(TALLY)).rename_axis("group")

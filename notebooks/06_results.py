@@ -49,6 +49,7 @@ from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.grid import estimate_seconds, grid_tasks, run_task
 from lrgd.progress import progress
 from lrgd.provenance import Provenance
+from lrgd.rec import report
 from lrgd.rec.runner import Runner
 from lrgd.results import write_json
 
@@ -100,25 +101,29 @@ if compute and missing:
 # column, underline the second. The last column compares each row with its group's **baseline** — the
 # best row without demonstrations (the group's own $k = 0$ row or a reference) — on the same users:
 # the mean NDCG@10 difference with its 95% interval and the permutation p-value, Holm-adjusted over the
-# table; ▲ / ▼ mark an adjusted p below 0.05 (better / worse than the baseline). The notes under each
-# table say which choices were made on validation users and which could only be made on test users (†).
+# table; ▲ / ▼ mark an adjusted p below 0.05 (better / worse than the baseline). Under each table, a
+# reading generated from it, and the choices made: on validation users, or on test users where a
+# candidate has no validation run (marked †).
 
 # %%
 tables = gr.build_tables(results, runner.preset.n_boot, seed)
 for number, table in enumerate(tables, 1):
     display(gr.style_table(table, f"ch6-{table.dataset}", shown, f"Table 6.{number} · ",
                            runner.preset.n_boot, seed))  # fmt: skip
-    display(Markdown(gr.notes_text(table)))
+    display(Markdown(f"**Reading.** {gr.reading(table)}\n\n{gr.notes_text(table)}"))
 
 # %% [markdown]
 # ## 6.3 Reading the tables
 #
-# The sentences below are generated from the tables: for each dataset, which row has the best mean
-# NDCG@10, and which rows differ from their baseline after Holm's correction. A row without a mark is
-# not distinguishable from its baseline at this number of users, which is not the same as equal.
+# Across the tables, per group of rows: how many rows there are, how many are published, and how many
+# of those compared with their baseline are better or worse after Holm's correction within their table,
+# or not distinguishable from it. A row that is not distinguishable from its baseline at this number of
+# users is not shown to be equal to it: the intervals in the tables say how large a difference the data
+# still allow.
 
-# %% tags=["hide-input"]
-display(Markdown("\n".join(f"- {gr.reading(t)}" for t in tables)))
+# %%
+caption = f"Rows of the {len(tables)} tables above, by group · profile {shown}"
+display(report.styled(gr.tally(tables), "ch6-tally", caption))
 
 # %% [markdown]
 # ## Summary of this chapter's checks

@@ -229,3 +229,20 @@ def test_every_test_task_of_a_profile_is_a_row(profile):
         assert len(table.rows) == sum(t.kind != "reader" for t in tests) + n_reader
         cells, _ = gr.table_frames(table, n_boot=10)
         assert set(cells.to_numpy().ravel()) == {"—"}
+
+
+def test_tally_counts_each_group_across_tables():
+    v = SCORE_VARIANTS
+    zs = np.full(N, 6)
+    results = {
+        llm("zero-shot", split="valid", n=30): summary(np.full(30, 5), v),
+        llm("zero-shot"): summary(zs, v),
+        llm("random", 2): summary(zs, v),
+        llm("similarity", 2): summary(zs - 4, v),
+        llm("recent", 2): None,
+        ref("ref-popularity"): summary(np.full(N, 15)),
+    }
+    table = gr.build_table(DATASET, results, n_boot=100)
+    counts = gr.tally([table, table])
+    assert counts.loc[LLM].tolist() == [8, 6, 2, 0, 2]  # zero-shot is the baseline; recent is missing
+    assert counts.loc[gr.REFERENCES].tolist() == [2, 2, 0, 0, 0]
