@@ -102,6 +102,17 @@ def _gguf_path(name: str) -> Path:
     return path
 
 
+def gguf_source(name: str) -> tuple[str, str]:
+    """(GGUF file name, sha256) of a packaged model, what its converted folder records, without converting
+    it: read from the folder when converted, else hashed from the packaged file (seconds, not a minute)."""
+    recorded = cache_dir() / "models" / name / "lrgd_source.json"
+    if recorded.is_file():
+        meta = json.loads(recorded.read_text())
+        return meta["source_file"], meta["sha256"]
+    gguf = _gguf_path(name)
+    return gguf.name, file_hash(gguf)
+
+
 def _convert_gguf(name: str, target: Path) -> None:
     """De-quantise a GGUF into a plain HF folder at ``target`` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -147,3 +147,19 @@ def test_write_json_is_atomic(tmp_path):
         write_json(tmp_path / "r.json", {"a": float("nan")})  # refused mid-write → old file untouched
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+@pytest.mark.llm
+def test_a_key_reads_the_weights_hash_without_converting(smollm2, tmp_path, monkeypatch):
+    """A result's key needs the model's weights hash, not the model: on an empty cache
+    :func:`lrgd.llm.gguf_source` hashes the packaged GGUF (no conversion) and gets what the converted
+    folder records, so reading published results never pays a conversion."""
+    import lrgd.llm as llm
+
+    def no_conversion(*_):
+        raise AssertionError("a key converted the model")
+
+    monkeypatch.setattr(llm, "_convert_gguf", no_conversion)
+    monkeypatch.setenv("LRGD_CACHE", str(tmp_path))
+    assert llm.gguf_source("smollm2-135m") == (smollm2.info.source_file, smollm2.info.sha256)
+    assert not (tmp_path / "models").exists()

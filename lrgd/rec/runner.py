@@ -218,7 +218,7 @@ class Runner:
         """(source file, sha256) of a model without loading it: a converted folder records its GGUF's
         hash; a plain HF folder hashes its config and weight files (once per process); a trained model
         gives its weight file and configuration key."""
-        from lrgd.llm import model_folder
+        from lrgd.llm import MODELS, gguf_source, model_folder
 
         if is_trained(name):
             from lrgd.models.reader import weights_path
@@ -227,9 +227,11 @@ class Runner:
             path = weights_path(sizes, self.reader_data(), self.embedder_fingerprint(sizes.titles))
             return path.name, path.stem
 
+        if name in MODELS:  # a packaged GGUF: its hash without converting it (reading a key is cheap)
+            return self.memo(("gguf", name), lambda: gguf_source(name))
         folder = model_folder(name)
         src = folder / "lrgd_source.json"
-        if src.is_file():
+        if src.is_file():  # a converted folder given by its path
             meta = json.loads(src.read_text())
             return meta["source_file"], meta["sha256"]
 
