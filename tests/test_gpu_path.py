@@ -158,21 +158,27 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys, synthetic
 
 
 @pytest.mark.parametrize("bad", ["bf16", "int8", "FLOAT32", ""])
-def test_a_bad_dtype_is_one_line_naming_the_valid_ones(bad):
+def test_a_bad_dtype_is_one_line_naming_the_valid_ones(bad, tmp_path, capsys, synthetic_root, model_dir):
     with pytest.raises(ConfigError) as exc:
         Runner("gpu", "cpu", dtype=bad)
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(f"unknown dtype {bad!r}")
     assert msg.endswith("choose one of " + ", ".join(DTYPES))
     assert {"auto", "float32", "bfloat16"} <= set(DTYPES)
+    args = ["evaluate", "--dataset", "amazon-games", "--method", "zero-shot", "--users", "2", "--dtype", bad,
+            "--model", str(model_dir), "--data-dir", str(synthetic_root),
+            "--results-dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"error: {msg}\n" and not any(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- the recipe but the device
 
 
-def test_the_gpu_recipe_with_a_local_model_folder(tmp_path, synthetic_root, model_dir):
+def test_the_gpu_recipe_with_a_local_model_folder(tmp_path, capsys, synthetic_root, model_dir):
     """PROFILE=gpu MODEL=<folder> DTYPE=bfloat16 (what auto picks on cuda) on the CPU: all users, batched
-    scoring, the folder's weights in the key and the provenance, a second run served from the records."""
+    scoring, the folder's weights in the key and the provenance, a second run (library, then
+    ``python -m lrgd evaluate --dtype bfloat16``) served from the records."""
     r = runner(tmp_path, synthetic_root, "gpu", "bfloat16")
     assert r.preset.n_users is None  # the gpu profile takes every eligible user
     cfg = condition(model_dir, "random", 1, n_users=r.preset.n_users)
@@ -182,6 +188,13 @@ def test_the_gpu_recipe_with_a_local_model_folder(tmp_path, synthetic_root, mode
     assert all(0 <= m["mean"] <= 1 for ms in res["metrics"].values() for m in ms.values())
     again = runner(tmp_path, synthetic_root, "gpu", "bfloat16").run(cfg)
     assert again["provenance"]["computed_users"] == 0 and again["ranks"] == res["ranks"]
+    # the command line's --dtype reaches the key: the same condition is served from these records
+    args = ["evaluate", "--profile", "gpu", "--device", "cpu", "--dtype", "bfloat16",
+            "--dataset", "amazon-games", "--method", "random", "--k", "1", "--all-users",
+            "--candidates", "10", "--model", str(model_dir),
+            "--data-dir", str(synthetic_root), "--results-dir", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert "40 users · 0 computed" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- notebooks and Makefile
