@@ -174,6 +174,39 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+def _open_locked(path: Path, flags: int) -> int:
+    """``path`` opened with ``flags`` under an exclusive ``flock`` (released by closing the descriptor).
+    If the file was replaced while this process waited for the lock (:func:`rewrite_locked`), the lock
+    is on the old file: open the new one and lock again, so no line goes to a replaced file."""
+    while True:
+        try:
+            fd = os.open(path, flags, 0o666)  # mode ∧ ¬umask, as open()
+        except OSError as exc:
+            raise _unwritable(path.parent, exc) from exc
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def rewrite_locked(path: Path, rewrite: Callable[[str], str]) -> Path:
+    """Replace ``path`` (atomically) by ``rewrite(its text)``, read and written under the lock that
+    :func:`append_line` takes, so a line appended by another process is never lost."""
+    path = Path(path)
+    fd = _open_locked(path, os.O_RDONLY)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        atomic_write_text(path, rewrite(text))
+    finally:
+        os.close(fd)
+    return path
+
+
 def append_line(path: Path, record: object) -> Path:
     """Append ``record`` as one complete JSON line to ``path``: a single ``write`` on a file opened for
     appending, under an exclusive ``flock`` (concurrent writers do not interleave), flushed and fsynced.
@@ -186,12 +219,8 @@ def append_line(path: Path, record: object) -> Path:
     line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
     ensure_dir(path.parent)
     _not_a_folder(path)
+    fd = _open_locked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # mode ∧ ¬umask, as open()
-    except OSError as exc:
-        raise _unwritable(path.parent, exc) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
         size = os.fstat(fd).st_size
         if size:
             with open(path, "rb") as f:

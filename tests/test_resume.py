@@ -23,7 +23,7 @@ import pytest
 
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.data import make_synthetic, write_synthetic
-from lrgd.rec.records import seal
+from lrgd.rec.records import append_record, read_records, seal
 from lrgd.rec.runner import Runner
 
 N_USERS = 12
@@ -183,4 +183,38 @@ def test_a_user_computed_twice_is_kept_once(setup, tmp_path) -> None:
     with partial.open("a") as f:  # a different result for the same user: unknowable which is right
         f.write(json.dumps(changed) + "\n")
     done, skipped = read_back(setup, results)
-    assert first["user"] not in done and skipped.duplicate == 2
+    assert first["user"] not in done and skipped.duplicate == 3  # the harmless copy stayed in the file
+
+
+def test_a_rewrite_keeps_a_record_appended_after_the_first_read(tmp_path, monkeypatch):
+    """Two processes on one record file: reader A finds a torn line and rewrites the file; writer B
+    appends a user between A's first read and A's rewrite. B's record must survive (the rewrite re-reads
+    under the appenders' lock), and the torn line must go."""
+    import lrgd.rec.records as records
+
+    path = tmp_path / "r.jsonl"
+    append_record(path, seal({"user": "u1", "rank": 1}, "k"))
+    with open(path, "a") as f:
+        f.write('{"user": "u2", "ra')  # a writer killed mid-line
+    real = records.rewrite_locked
+
+    def b_appends_first(p, rewrite):
+        append_record(p, seal({"user": "u3", "rank": 2}, "k"))  # B, after A's first read
+        return real(p, rewrite)
+
+    monkeypatch.setattr(records, "rewrite_locked", b_appends_first)
+    good, skipped = read_records(path, "k")
+    assert set(good) == {"u1"} and skipped.torn == 1
+    assert set(read_records(path, "k")[0]) == {"u1", "u3"}
+    assert "u2" not in path.read_text()
+
+
+def test_harmless_duplicates_do_not_rewrite_the_file(tmp_path):
+    """Two runs that computed one user alike (timings aside) leave both lines: nothing to repair, and a
+    rewrite would race with their appends."""
+    path = tmp_path / "r.jsonl"
+    for seconds in (1.0, 2.0):
+        append_record(path, seal({"user": "u1", "rank": 1, "seconds": seconds}, "k"))
+    before = path.stat().st_ino
+    good, skipped = read_records(path, "k")
+    assert set(good) == {"u1"} and skipped.duplicate == 1 and path.stat().st_ino == before

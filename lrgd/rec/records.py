@@ -13,7 +13,9 @@ A line that is not JSON (a torn write) is *torn*; a user with two records is a *
 that differ only in their timings (two runs on one folder computed the user twice) keep the first, and
 records that differ in anything else are both dropped. Bad lines are skipped individually — a torn
 line in the middle does not drop the good records after it — counted in :class:`Skipped`, and the file
-is rewritten atomically without them, so the runner recomputes exactly those users.
+is rewritten atomically without them, so the runner recomputes exactly those users. The rewrite re-reads
+the file under the appenders' lock (:func:`lrgd.results.rewrite_locked`), so a record another process
+appends meanwhile is kept; harmless duplicates (equal results) alone cause no rewrite.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrgd.results import append_line, atomic_write_text
+from lrgd.results import append_line, rewrite_locked
 
 __all__ = ["RecordSchema", "Skipped", "append_record", "read_records", "seal"]
 
@@ -148,14 +150,29 @@ def read_records(
 ) -> tuple[dict[str, dict], Skipped]:
     """The good records of ``path`` by user, and what was skipped (see the module docstring).
 
-    ``problem(rec)`` is the schema check (e.g. :meth:`RecordSchema.problem`). When anything is skipped the
-    file is rewritten, atomically, with the good records only.
+    ``problem(rec)`` is the schema check (e.g. :meth:`RecordSchema.problem`). When anything but harmless
+    duplicates is skipped the file is rewritten, atomically and under the appenders' lock, with the good
+    records only (re-read under the lock: a record appended since the first read is kept).
     """
     path = Path(path)
-    skipped = Skipped()
     if not path.is_file():
-        return {}, skipped
-    raw = path.read_text(encoding="utf-8", errors="replace")
+        return {}, Skipped()
+    good, skipped, benign = _parse(path.read_text(encoding="utf-8", errors="replace"), key, problem)
+    if skipped.total > benign:
+
+        def keep_good(raw: str) -> str:  # parsed again under the lock: lines appended meanwhile stay
+            kept = _parse(raw, key, problem)[0]
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values())
+
+        rewrite_locked(path, keep_good)
+    return good, skipped
+
+
+def _parse(
+    raw: str, key: str, problem: Callable[[dict], str | None] | None
+) -> tuple[dict[str, dict], Skipped, int]:
+    """(good records by user, what was skipped, how many skipped lines are harmless duplicates)."""
+    skipped, benign = Skipped(), 0
     lines = raw.split("\n")
     by_user: dict[str, list[dict]] = {}
     for i, line in enumerate(lines):
@@ -190,10 +207,9 @@ def read_records(
         if all(_result(r) == _result(recs[0]) for r in recs):
             good[user] = recs[0]
             skipped.duplicate += len(recs) - 1
+            benign += len(recs) - 1
         else:  # which one is right is unknowable: recompute the user
             skipped.duplicate += len(recs)
         if len(recs) > 1:
             skipped.example = skipped.example or f"user {user!r} has {len(recs)} records"
-    if skipped.total:
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in good.values()))
-    return good, skipped
+    return good, skipped, benign
