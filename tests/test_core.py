@@ -36,8 +36,8 @@ def test_profiles_sections_validate_and_grow():
     assert grown >= 10
     with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*ci, full, gpu"):
         get_profile("fast")
-    with pytest.raises(ConfigError, match="unknown profile section 'grid'"):
-        ci.section("grid")
+    with pytest.raises(ConfigError, match="unknown profile section 'tables'"):
+        ci.section("tables")
     with pytest.raises(ConfigError, match=r"unknown eval option\(s\) \['users'\]"):
         ci.section("eval", users=3)
     with pytest.raises(ConfigError, match="n_boot"):
