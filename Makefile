@@ -24,6 +24,8 @@ MODEL  ?= smollm2-135m
 DATASET ?= amazon-games
 SEED   ?= 0
 CHROMIUM ?= /usr/bin/chromium
+# notebooks, unit tests and nbval run JOBS at a time (the machine's cores)
+JOBS   ?= 2
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
@@ -72,7 +74,16 @@ _build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hid
 # the benchmarks page reads the other executed chapters (their cell times) and benchmarks/results.json
 _build/notebooks/05_benchmarks.ipynb: $(filter-out _build/notebooks/05_benchmarks.ipynb,$(NB_OUT)) $(wildcard benchmarks/results.json)
 
-notebooks: $(NB_OUT)
+# Chapters that read what an earlier one computed wait for it (order only: no re-execution when it
+# changes; the caches key every shared result). The others run side by side (JOBS at a time).
+_build/notebooks/02_recommender.ipynb: | _build/notebooks/01_equivalence.ipynb  # converts the LLM once
+_build/notebooks/01b_testbeds.ipynb: | _build/notebooks/01_equivalence.ipynb
+_build/notebooks/02b_ceiling.ipynb: | _build/notebooks/02_recommender.ipynb  # chapter 2's LLM rows
+_build/notebooks/03_effect_d.ipynb: | _build/notebooks/01b_testbeds.ipynb _build/notebooks/02_recommender.ipynb
+_build/notebooks/04_robust.ipynb: | _build/notebooks/01b_testbeds.ipynb _build/notebooks/02b_ceiling.ipynb  # the decoder, the reader
+
+notebooks: $(STAMP) _build/notebooks/.params
+	@$(MAKE) --no-print-directory -j$(JOBS) $(NB_OUT)
 
 # ---------------------------------------------------------------- the results grid (chapter 6)
 # On one machine a dask LocalCluster; SCHEDULER=tcp://host:8786 sends the tasks to a running dask cluster.
@@ -86,10 +97,10 @@ book: notebooks
 
 # ---------------------------------------------------------------- tests
 unit: $(STAMP)
-	$(BIN)/pytest -q --durations=10 --disable-socket --allow-unix-socket tests
+	$(BIN)/pytest -q -n $(JOBS) --durations=10 --disable-socket --allow-unix-socket tests
 
 nbval: notebooks
-	$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	$(BIN)/pytest -q -p no:cacheprovider -n $(JOBS) --dist loadfile --nbval --nbval-current-env \
 	  --nbval-sanitize-with .ci/nbval-sanitize.cfg $(NB_OUT)
 
 lint: $(STAMP)
