@@ -24,8 +24,10 @@ MODEL  ?= smollm2-135m
 DATASET ?= amazon-games
 SEED   ?= 0
 CHROMIUM ?= /usr/bin/chromium
-# notebooks, unit tests and nbval run JOBS at a time (the machine's cores)
+# unit tests and nbval run on JOBS processes; notebooks NB_JOBS at a time. Two chapters side by side on
+# 2 cores were slower than one after the other (their torch threads contend), so NB_JOBS is 1 here.
 JOBS   ?= 2
+NB_JOBS ?= 1
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
 NB_OUT   := $(patsubst notebooks/%.py,_build/notebooks/%.ipynb,$(NB_SRC))
@@ -75,7 +77,7 @@ _build/notebooks/%.ipynb: notebooks/%.py $(LIB) scripts/nb_params.py scripts/hid
 _build/notebooks/05_benchmarks.ipynb: $(filter-out _build/notebooks/05_benchmarks.ipynb,$(NB_OUT)) $(wildcard benchmarks/results.json)
 
 # Chapters that read what an earlier one computed wait for it (order only: no re-execution when it
-# changes; the caches key every shared result). The others run side by side (JOBS at a time).
+# changes; the caches key every shared result). The others may run side by side (NB_JOBS at a time).
 _build/notebooks/02_recommender.ipynb: | _build/notebooks/01_equivalence.ipynb  # converts the LLM once
 _build/notebooks/01b_testbeds.ipynb: | _build/notebooks/01_equivalence.ipynb
 _build/notebooks/02b_ceiling.ipynb: | _build/notebooks/02_recommender.ipynb  # chapter 2's LLM rows
@@ -83,7 +85,7 @@ _build/notebooks/03_effect_d.ipynb: | _build/notebooks/01b_testbeds.ipynb _build
 _build/notebooks/04_robust.ipynb: | _build/notebooks/01b_testbeds.ipynb _build/notebooks/02b_ceiling.ipynb  # the decoder, the reader
 
 notebooks: $(STAMP) _build/notebooks/.params
-	@$(MAKE) --no-print-directory -j$(JOBS) $(NB_OUT)
+	@$(MAKE) --no-print-directory -j$(NB_JOBS) $(NB_OUT)
 
 # ---------------------------------------------------------------- the results grid (chapter 6)
 # On one machine a dask LocalCluster; SCHEDULER=tcp://host:8786 sends the tasks to a running dask cluster.
