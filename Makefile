@@ -24,9 +24,8 @@ MODEL  ?= smollm2-135m
 DATASET ?= amazon-games
 SEED   ?= 0
 CHROMIUM ?= /usr/bin/chromium
-# unit tests and nbval run on JOBS processes; notebooks NB_JOBS at a time. Two chapters side by side on
-# 2 cores were slower than one after the other (their torch threads contend), so NB_JOBS is 1 here.
-JOBS   ?= 2
+# notebooks run NB_JOBS at a time. Two chapters side by side on 2 cores were slower than one after the
+# other (their torch threads contend), so NB_JOBS is 1 here; a machine with more cores may raise it.
 NB_JOBS ?= 1
 
 NB_SRC   := $(sort $(wildcard notebooks/*.py))
@@ -99,10 +98,10 @@ book: notebooks
 
 # ---------------------------------------------------------------- tests
 unit: $(STAMP)
-	$(BIN)/pytest -q -n $(JOBS) --durations=10 --disable-socket --allow-unix-socket tests
+	$(BIN)/pytest -q --durations=10 --disable-socket --allow-unix-socket tests
 
 nbval: notebooks
-	$(BIN)/pytest -q -p no:cacheprovider -n $(JOBS) --dist loadfile --nbval --nbval-current-env \
+	$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 	  --nbval-sanitize-with .ci/nbval-sanitize.cfg $(NB_OUT)
 
 lint: $(STAMP)

@@ -195,13 +195,13 @@ class EvalSizes:
     """Chapter 2: the recommender evaluation.
 
     ``ci`` is cut to fit the CI budget (one first execution of the chapter in about 7 minutes on 2 CPU
-    cores): 15 users per dataset, demonstrations (k > 0) only on the two datasets with short titles
+    cores): 10 users per dataset, demonstrations (k > 0) only on the two datasets with short titles
     (``icl_datasets``), the variant chosen on two datasets, the k curve and the position check on fewer
     users (the first users of the table's sample, so their k = 0 and k = 2 runs are read from the table's
     cache).
     """
 
-    n_users: int | None = 15  # test users per dataset (None: all)
+    n_users: int | None = 10  # test users per dataset (None: all)
     n_valid_users: int | None = 10  # validation users per dataset, to choose the score variant
     valid_datasets: tuple[str, ...] = ("amazon-games", "ml-100k")  # where the variant is chosen (pooled)
     similarity_pool: int = 300  # pool users embedded for the similarity selector
@@ -465,7 +465,7 @@ class GridSizes:
     effect_datasets: tuple[str, ...] = ("amazon-games",)  # where the Effect_D rows run (chapter 3's dataset)
     icl_datasets: tuple[str, ...] | None = ("amazon-games", "ml-100k")  # where k > 0 rows run (None: all)
     k: int = 2  # demonstrations of the LLM rows
-    n_users: int | None = 15  # test users per table (the first of the seeded order; None: all)
+    n_users: int | None = 10  # test users per table (the first of the seeded order; None: all)
     references: tuple[str, ...] = ("ref-popularity", "ref-bm25", "ref-markov")
     reader: str | None = "trained:reader-anon"  # chapter 2b's model at k = 0 and its best (selector, k)
     reader_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")
