@@ -35,3 +35,22 @@ def smollm2():
         return load_model("smollm2-135m", device="cpu")
     except ModelError as exc:  # pragma: no cover - depends on the environment
         pytest.skip(f"SmolLM2 unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny local Hugging Face model folder (config, weights, tokenizer): a model given by its path."""
+    from test_rank import tiny_model_folder
+
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """A data folder with one small synthetic dataset under the name ``amazon-games``."""
+    from lrgd.rec.data import make_synthetic, write_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    ds = make_synthetic(n_users=40, n_items=60, seed=1, min_len=4, max_len=9)
+    write_synthetic(ds, root / "amazon-games", "amazon-games")
+    return root

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
 from lrgd.rec.conditions import EvalConfig
@@ -25,11 +24,6 @@ def data_root(tmp_path_factory) -> Path:
         "amazon-games",
     )
     return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def cli(*args: str, capsys) -> tuple[int, str, str]:

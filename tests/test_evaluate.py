@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
 from lrgd.errors import ConfigError
@@ -116,19 +115,6 @@ def test_records_are_validated_one_by_one(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the runner
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    ds = make_synthetic(n_users=40, n_items=60, seed=1, min_len=4, max_len=9)
-    write_synthetic(ds, root / "amazon-games", "amazon-games")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def strip(result: dict) -> dict:

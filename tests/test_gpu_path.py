@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_rank import tiny_model_folder
 
 from lrgd.__main__ import main
 from lrgd.config import DTYPES
 from lrgd.errors import ConfigError
 from lrgd.rec.conditions import EvalConfig
-from lrgd.rec.data import make_synthetic, write_synthetic
 from lrgd.rec.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,20 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: size. Each layer rounds its activations to that grid, so a score from a bf16 forward can move by a
 #: fraction of that spacing relative to the float32 score; one full spacing is the tolerance.
 BF16_RTOL = 2.0**-7
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    ds = make_synthetic(n_users=40, n_items=60, seed=1, min_len=4, max_len=9)
-    write_synthetic(ds, root / "amazon-games", "amazon-games")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A local Hugging Face folder (config.json, weights, tokenizer), as a GPU user's MODEL=/path."""
-    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def runner(root: Path, data: Path, profile: str = "ci", dtype: str = "auto") -> Runner:

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_rank import tiny_model_folder
 
 import lrgd.grid as grid
 from lrgd.__main__ import main
@@ -40,11 +39,6 @@ def data_root(tmp_path_factory) -> Path:
         ds = make_synthetic(n_users=n_users, n_items=60, seed=1 + i, min_len=4, max_len=9)
         write_synthetic(ds, root / name, name)
     return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def llm(model_dir: Path, method: str, k: int) -> GridTask:
