@@ -58,6 +58,8 @@ GRID_PLAN  = $(BIN)/python -m lrgd grid $(GRID_ARGS) --dry-run
 # chapter 6 prints the plan first (BEFORE: a command run before a notebook executes; empty for the others),
 # except at ci, where chapter 6 computes nothing (it shows the committed full grid)
 _build/notebooks/06_results.ipynb: BEFORE = $(if $(filter ci,$(PROFILE)),,$(GRID_PLAN))
+# chapter 6 renders the published grid: a newly published (or pulled) result re-renders it
+_build/notebooks/06_results.ipynb: $(wildcard results/*/grid/*/*.json)
 # Re-run a notebook when its source, the library or the parameters change.
 _build/notebooks/.params: FORCE
 	@mkdir -p $(@D)
