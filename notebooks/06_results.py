@@ -101,12 +101,13 @@ if compute and missing:
 # column, underline the second. The last column compares each row with its group's **baseline** — the
 # best row without demonstrations (the group's own $k = 0$ row or a reference) — on the same users:
 # the mean NDCG@10 difference with its 95% interval and the permutation p-value, Holm-adjusted over the
-# table; ▲ / ▼ mark an adjusted p below 0.05 (better / worse than the baseline). Under each table, a
+# table; ▲ / ▼ mark an adjusted p below the level α printed below (better / worse than the baseline). Under each table, a
 # reading generated from it, and the choices made: on validation users, or on test users where a
 # candidate has no validation run (marked †).
 
 # %%
 tables = gr.build_tables(results, runner.preset.n_boot, seed)
+display(Markdown(f"▲ / ▼: Holm-adjusted p below α = {gr.ALPHA:g}."))
 for number, table in enumerate(tables, 1):
     display(gr.style_table(table, f"ch6-{table.dataset}", shown, f"Table 6.{number} · ",
                            runner.preset.n_boot, seed))  # fmt: skip
