@@ -29,6 +29,8 @@ the estimated compute of the missing ones, and computes nothing::
     python -m lrgd grid --profile full --workers 2 --threads 1            # a local cluster
     python -m lrgd grid --profile gpu --scheduler tcp://host:8786 --device cuda   # or LRGD_SCHEDULER
     python -m lrgd grid --profile ci --workers 0 --only-kind reference   # in this process, no dask
+    git add -f $(python -m lrgd grid --profile full --files)   # what a later session resumes from
+    python -m lrgd grid --profile full --prune           # delete summaries no current key names
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def _grid_parser(sub) -> None:
     g.add_argument("--results-dir", type=Path, default=None, help="root instead of results/ (tests)")
     g.add_argument("--data-dir", type=Path, default=None, help="folder holding <dataset>/")
     g.add_argument("--quiet", action="store_true", help="no plan line and no progress bar")
+    g.add_argument(
+        "--files", action="store_true",
+        help="print the files to commit (published summaries; records and candidates of unfinished tasks)",
+    )  # fmt: skip
+    g.add_argument("--prune", action="store_true", help="delete published files no current task names")
 
 
 _DTYPE_HELP = "auto (bfloat16 on cuda, float32 elsewhere) | float32 | bfloat16 | float16"
@@ -335,14 +342,25 @@ def _grid(a: argparse.Namespace) -> int:
     """Plan (``--dry-run``) or compute the grid; failed tasks are named one per line, then summed up."""
     from lrgd.config import DTYPES, get_profile, results_dir
     from lrgd.errors import ConfigError
-    from lrgd.grid import grid_status, run_grid
+    from lrgd.grid import grid_files, grid_status, run_grid
 
     if a.dtype not in DTYPES:  # checked before a cluster starts
         raise ConfigError(f"--dtype {a.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
     profile = get_profile(a.profile).name
+    if a.prune and (a.only_kind or a.only_model):  # a filtered task list would call the others stale
+        raise ConfigError("--prune weighs every task of the profile; drop --only-kind and --only-model")
     tasks = _grid_tasks(a)
     where = dict(scheduler=a.scheduler, workers=a.workers, threads=a.threads, device=a.device, dtype=a.dtype,
                  results_root=a.results_dir, data_dir=a.data_dir)  # fmt: skip
+    if a.files or a.prune:
+        keep, stale = grid_files(profile, tasks, a.dtype, a.results_dir, a.data_dir)
+        if a.prune:
+            for path in stale:
+                path.unlink()
+            print(f"pruned {len(stale)} published file(s) that no current task names", file=sys.stderr)
+        for path in keep if a.files else []:
+            print(path)
+        return 0
     if a.dry_run:
         status = grid_status(profile, tasks, **where)
         print("\n".join(status.lines(profile)))

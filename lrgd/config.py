@@ -528,6 +528,9 @@ class Profile:
 _FULL_SELECTORS = ("recent", "similarity", "random", "popular")  # chapter 2b's ceiling at full and gpu
 _FULL_KS = (1, 2, 4, 8, 16, 32, 64)
 _FULL_FEATURES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: test users of every LLM table at ``full`` (chapter 2's tables and chapter 6's grid share these runs:
+#: a runner record is keyed without its user count, so the chapter reads the grid's users)
+_FULL_USERS = 200
 _PROFILES = {
     "ci": Profile("ci"),
     "full": Profile(
@@ -537,9 +540,9 @@ _PROFILES = {
                                    eval_tasks=8000),
         decoder=DecoderSizes(hidden=96, layers=3, heads=6, kv_heads=2, intermediate=256, steps=12000,
                              eval_queries=4000, dual_prompts=32),
-        eval=EvalSizes(n_users=500, n_valid_users=50, valid_datasets=_TABLE, similarity_pool=5000,
+        eval=EvalSizes(n_users=_FULL_USERS, n_valid_users=50, valid_datasets=_TABLE, similarity_pool=5000,
                        table_methods=_ALL_SELECTORS, icl_datasets=_TABLE, curve_method="similarity",
-                       curve_users=500, bias_users=200, generate_users=50),
+                       curve_users=_FULL_USERS, bias_users=100, generate_users=50),
         effect=EffectSizes(n_demos=25, n_users=25, testbed_queries=1000, testbed_pool=48, select_pool=100),
         ceiling=CeilingSizes(selectors=_FULL_SELECTORS, ks=_FULL_KS,
                              n_users=1000, n_valid_users=500),
@@ -561,7 +564,7 @@ _PROFILES = {
         grid=GridSizes(datasets=_ALL_DATASETS, models=("smollm2-135m", "gemma3-270m"),
                        llm_methods=_ALL_SELECTORS, other_model_methods=("zero-shot",),
                        effect_datasets=("amazon-games", "ml-100k"), icl_datasets=None,
-                       n_users=200, reader_datasets=_ALL_DATASETS),
+                       n_users=_FULL_USERS, reader_datasets=_ALL_DATASETS),
     ),
     "gpu": Profile(
         "gpu",

@@ -435,6 +435,30 @@ def grid_status(
         return _locate(s.planner, tasks, s.where)
 
 
+def grid_files(
+    profile: str,
+    tasks: Sequence[GridTask],
+    dtype: str = "auto",
+    results_root: Path | None = None,
+    data_dir: Path | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """(files to commit, stale published files) of ``tasks`` (``grid --files`` / ``--prune``).
+
+    To commit: every published summary, and for each missing task its per-user records so far and its
+    saved candidates, so that a later session (another clone) resumes the run instead of restarting
+    it. Stale: files under ``<root>/<profile>/grid/`` that no task's current key names (a run of an
+    earlier configuration, data, model or code), which the tables never read."""
+    with _session(profile, "sequential", 0, 1, "cpu", dtype, results_root, data_dir) as s:
+        st = _locate(s.planner, tasks, s.where)
+        st.check()
+        keep = [p for t, p in st.paths.items() if p.is_file()]
+        for t in st.missing:
+            keep += [p for p in (s.planner.paths(t.cfg)[0], s.planner.candidates_path(t.cfg)) if p.is_file()]
+        current = set(st.paths.values())
+        stale = [p for p in sorted((s.planner.root / "grid").glob("*/*.json")) if p not in current]
+    return list(dict.fromkeys(keep)), stale
+
+
 def run_grid(
     profile: str,
     tasks: Sequence[GridTask],

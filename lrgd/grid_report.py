@@ -45,6 +45,7 @@ __all__ = [
     "build_tables",
     "choose_reader",
     "choose_variants",
+    "forest",
     "published",
     "style_table",
     "table_frames",
@@ -407,6 +408,53 @@ def rows_json(table: Table) -> list[dict]:
             row.update({k: round(float(v), 5) for k, v in table.tests[i].items()})
         out.append(row)
     return out
+
+
+def _figure_label(r: Row) -> str:
+    """A row's label across datasets (the reader's chosen (selector, k) differs between them)."""
+    return f"{r.group} · " + ("best (selector, k)" if r.label.startswith("best") else r.label)
+
+
+def forest(tables: Sequence[Table], n_boot: int = 2000, seed: int = 0, n_candidates: int = 20):
+    """A figure of every published row's mean NDCG@10 with its 95% bootstrap CI, one marker per dataset,
+    rows in the tables' order; the dotted line is a uniformly random ranking of ``n_candidates``.
+    Rows with no published dataset are left out. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    from lrgd.metrics import expected_random_metrics
+
+    labels: list[str] = []
+    points: dict[str, list[tuple[str, dict]]] = {}
+    for table in tables:
+        for r in table.rows:
+            key = _figure_label(r)
+            labels.append(key)
+            if r.ready:
+                stats = summarize(r.result["ranks"][r.variant], n_boot, seed)[METRIC]
+                points.setdefault(key, []).append((table.dataset, stats))
+    rows = [k for k in dict.fromkeys(labels) if k in points]
+    datasets = list(dict.fromkeys(t.dataset for t in tables))
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.4))
+    step = 0.7 / max(len(datasets), 1)
+    for j, name in enumerate(datasets):
+        ys, xs, err = [], [], [[], []]
+        for y, key in enumerate(rows):
+            for d, x in points[key]:
+                if d == name:
+                    ys.append(y + (j - (len(datasets) - 1) / 2) * step)
+                    xs.append(x["mean"])
+                    err[0].append(x["mean"] - x["lo"])
+                    err[1].append(x["hi"] - x["mean"])
+        title = DATASET_TITLES.get(name, name)
+        ax.errorbar(xs, ys, xerr=err, fmt="o", ms=4, lw=1, color=f"C{j}", label=title)
+    rnd = expected_random_metrics(n_candidates)[METRIC]
+    ax.axvline(rnd, color="k", lw=0.7, ls=":", label="random ranking")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{METRIC} (mean and 95% bootstrap CI over test users)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 #: the columns of :func:`tally`

@@ -12,6 +12,7 @@ The cluster test opens local TCP sockets (dask's scheduler), hence ``enable_sock
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,6 +159,27 @@ def test_dry_run_counts_published_and_missing(tmp_path, data_root, capsys) -> No
     assert len(list((tmp_path / "ci" / "grid").rglob("*.json"))) == 1  # the dry runs published nothing
 
 
+def test_files_lists_what_resumes_and_prune_deletes_only_stale_summaries(tmp_path, data_root, capsys) -> None:
+    args = ["grid", "--profile", "ci", "--results-dir", str(tmp_path), "--data-dir", str(data_root)]
+    refs = [t for t in grid_tasks("ci") if t.kind == "reference"]
+    runner = Runner("ci", "cpu", quiet=True, results_root=tmp_path, data_dir=data_root)
+    done = grid.run_task(runner, refs[0])  # published
+    unfinished = dataclasses.replace(refs[1].cfg, n_users=2)  # two users of a missing task's records
+    runner.run(unfinished)
+    records, cands = runner.paths(unfinished)[0], runner.candidates_path(unfinished)
+    stale = done.parent / "test-ref-old-k0-ref-n10-000000000000.json"
+    stale.write_text("{}")
+
+    assert main([*args, "--files"]) == 0
+    listed = [Path(x) for x in capsys.readouterr().out.splitlines()]
+    assert set(listed) == {done, records, cands}
+    assert stale.is_file()  # --files deletes nothing
+
+    assert main([*args, "--prune"]) == 0
+    assert "pruned 1 published file(s)" in capsys.readouterr().err
+    assert not stale.exists() and done.is_file() and records.is_file()
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -169,6 +191,7 @@ def test_dry_run_counts_published_and_missing(tmp_path, data_root, capsys) -> No
         (["--scheduler", "8786"], "error: --scheduler='8786' is not a dask scheduler address"),
         (["--profile", "laptop"], "error: unknown profile 'laptop'"),
         (["--device", "tpu"], "error: unknown device 'tpu'"),
+        (["--prune", "--only-kind", "llm"], "error: --prune weighs every task of the profile; drop --only"),
     ],
 )
 def test_bad_grid_flags_end_in_one_line(flags, message, tmp_path, capsys) -> None:
@@ -207,3 +230,18 @@ def test_each_profile_grid_is_consistent(profile: str) -> None:
     assert all((t.kind == "reference") == t.cfg.method.startswith("ref-") for t in tasks)
     labels = [t.label for t in tasks]
     assert len(set(labels)) == len(labels), "two tasks share a label (failures would be ambiguous)"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_chapter_2s_llm_table_is_part_of_the_grid(profile: str) -> None:
+    """Chapter 2's LLM table (the rule of its table cell) runs conditions the grid runs too, on the same
+    first test users: at ``full`` the chapter then costs nothing beyond the grid's runs."""
+    prof = get_profile(profile)
+    E, model = prof.eval, prof.grid.models[0]
+    grid_cfgs = {t.cfg for t in grid_tasks(profile) if t.role == "test"}
+    for name in E.table_datasets:
+        for m in E.table_methods:
+            if m == "zero-shot" or name in E.icl_datasets:
+                k = 0 if m == "zero-shot" else E.table_k
+                cfg = EvalConfig(name, m, k, n_users=E.n_users, model=model, seed=0)
+                assert cfg in grid_cfgs, f"{profile}: chapter 2's {cfg.name} on {name} is not a grid task"

@@ -246,3 +246,24 @@ def test_tally_counts_each_group_across_tables():
     counts = gr.tally([table, table])
     assert counts.loc[LLM].tolist() == [8, 6, 2, 0, 2]  # zero-shot is the baseline; recent is missing
     assert counts.loc[gr.REFERENCES].tolist() == [2, 2, 0, 0, 0]
+
+
+def test_forest_draws_each_published_row_at_its_mean_and_leaves_out_missing_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(5)
+    results = base_results(rng)
+    results[llm("random", 2)] = None
+    table = gr.build_table(DATASET, results, n_boot=100)
+    fig = gr.forest([table], n_boot=100)
+    ax = fig.axes[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert f"{LLM} · random, k = 2" not in shown and f"{LLM} · zero-shot" in shown
+    assert "reader · best (selector, k)" not in shown  # no validation run: no best row to draw
+    _, means = gr.table_frames(table, n_boot=100)
+    want = {f"{g} · {lab}": m for (g, lab), m in means["NDCG@10"].items() if not np.isnan(m)}
+    assert shown == list(want)  # the tables' order
+    line = ax.lines[0]  # the one dataset's markers, one per shown row
+    assert np.allclose(line.get_xdata(), list(want.values()))
+    assert np.allclose(line.get_ydata(), range(len(want)))
