@@ -263,43 +263,58 @@ display(
 #
 # with no other guard (no early stopping, no keep-best); $\varepsilon = \infty$ is the unguarded search. A
 # search whose stage-1 start lies outside $\varepsilon$ may only move inside; with no improving move there it
-# keeps its start. Run on the first `sweep_users` test users.
+# keeps its start. Centred on zero-shot, the region thus also judges where stage 1 put the set, and a start
+# outside it can only move back toward zero-shot. A second centre bounds only stage 2's **step**: the same
+# region around $p_{S_1}$, the predictions with the user's stage-1 set $S_1$ in place of
+# $p_{\text{zero-shot}}$ (every search starts inside it, at KL 0). Both run on the first `sweep_users` test
+# users.
 
 # %%
 tr = T["trust"]
-x = np.arange(len(tr))
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-axes[0].errorbar(x, tr["ΔNDCG@10"], yerr=[tr["ΔNDCG@10"] - tr["Δ lo"], tr["Δ hi"] - tr["ΔNDCG@10"]], fmt="o",
-                 capsize=3)  # fmt: skip
+centres = {"zero-shot": "around zero-shot", "start": "around the stage-1 set"}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for j, (a, name) in enumerate(centres.items()):
+    d = tr[tr["around"] == a]
+    x = np.arange(len(d)) + (j - 0.5) * 0.15
+    axes[0].errorbar(x, d["ΔNDCG@10"], yerr=[d["ΔNDCG@10"] - d["Δ lo"], d["Δ hi"] - d["ΔNDCG@10"]], fmt="os"[j],
+                     capsize=3, label=name)  # fmt: skip
+    for col, color in (("held-out loss", "C1"), ("test loss", "C2")):
+        axes[1].plot(x, d[col], "-o" if j == 0 else "--s", color=color, ms=4, label=f"{col}, {name}")
 axes[0].axhline(0, color="k", lw=0.8)
 axes[0].set(ylabel="test ΔNDCG@10 over zero-shot (95% CI)", title="KL trust region: accuracy")
-for col, style in (("train loss", "-o"), ("held-out loss", "-s"), ("test loss", "-^")):
-    axes[1].plot(x, tr[col], style, ms=4, label=col.replace(" loss", ""))
 axes[1].set(ylabel="mean rank loss", title="KL trust region: losses")
-axes[1].legend(frameon=False)
 for ax in axes:
-    ax.set(xticks=x, xlabel="ε (trust-region radius)")
-    ax.set_xticklabels(tr["ε"].str.replace(" (unguarded)", "\n(unguarded)").str.replace(" (start)", "\n(start)"),
-                       fontsize=8)  # fmt: skip
+    labels = tr[tr["around"] == "zero-shot"]["ε"]
+    ax.set(xticks=np.arange(len(labels)), xlabel="ε (trust-region radius)")
+    ax.set_xticklabels(labels.str.replace(" (", "\n("), fontsize=8)
+    ax.legend(frameon=False, fontsize=8)
 plt.show()
-show(tr.set_index("ε")[["ΔNDCG@10", "Δ lo", "Δ hi", "held-out loss", "test loss", "KL (train items)", "inside ε"]],
+show(tr.set_index(["around", "ε"])[["ΔNDCG@10", "Δ lo", "Δ hi", "held-out loss", "test loss", "KL (train items)",
+                                    "inside ε"]],
      "trust", f"stage 2 inside the KL trust region, first {min(R.sweep_users, R.n_users)} test users")  # fmt: skip
 
+
 # %% tags=["remove-input"]
-finite = tr[tr["eps"].notna()]
-inf_row, start = tr.iloc[-1], tr.iloc[0]
-best_hold, best_test = finite.loc[finite["held-out loss"].idxmin()], finite.loc[finite["test loss"].idxmin()]
-reached = ", ".join(f"{d:+.3f} at ε = {e}" for e, d in zip(finite["ε"], finite["ΔNDCG@10"]))
-vs_inf = "below" if best_test["test loss"] < inf_row["test loss"] else "not below"
-display(
-    Markdown(
-        f"From the stage-1 start ({ci(start['ΔNDCG@10'], start['Δ lo'], start['Δ hi'])} NDCG@10 over zero-shot) the "
-        f"search reaches {reached} and {inf_row['ΔNDCG@10']:+.3f} unguarded; among finite ε the lowest held-out loss is at ε = {best_hold['ε']} "
-        f"and the lowest test loss at ε = {best_test['ε']}, {vs_inf} the unguarded search's ({inf_row['test loss']:.3f}). A trust "
-        "region guards against collapse only where the unguarded search overfits; the test-loss column says whether "
-        "it does here."
+def trust_reading(d: pd.DataFrame, name: str) -> str:
+    """The ε sweep of one centre in words (every number from the table above)."""
+    finite = d[d["eps"].notna()]
+    inf_row, start = d.iloc[-1], d.iloc[0]
+    best_hold, best_test = (
+        finite.loc[finite["held-out loss"].idxmin()],
+        finite.loc[finite["test loss"].idxmin()],
     )
-)
+    reached = ", ".join(f"{x:+.3f} at ε = {e}" for e, x in zip(finite["ε"], finite["ΔNDCG@10"]))
+    vs_inf = "below" if best_test["test loss"] < inf_row["test loss"] else "not below"
+    return (f"**{name.capitalize()}.** From the stage-1 start ({ci(start['ΔNDCG@10'], start['Δ lo'], start['Δ hi'])} "
+            f"NDCG@10 over zero-shot) the search reaches {reached} and {inf_row['ΔNDCG@10']:+.3f} unguarded; "
+            f"{finite['inside ε'].iloc[0]:.0%} of the users' sets end inside the smallest ε. Among finite ε the "
+            f"lowest held-out loss is at ε = {best_hold['ε']} and the lowest test loss at ε = {best_test['ε']}, "
+            f"{vs_inf} the unguarded search's ({inf_row['test loss']:.3f}).")  # fmt: skip
+
+
+display(Markdown("\n\n".join(trust_reading(tr[tr["around"] == a], name) for a, name in centres.items())
+                 + "\n\nA trust region guards against collapse only where the unguarded search overfits; the "
+                 "test-loss column says whether it does here."))  # fmt: skip
 
 # %% [markdown]
 # **Popularity collapse.** Optimised demonstrations could pull every user toward the same items. Per method,

@@ -168,18 +168,38 @@ def test_kl_trust_region_refuses_sets_beyond_eps_on_the_testbed(study) -> None:
 
     first, users = rt.opt.stage1(study.effect, SIZES.k, "per_user"), np.arange(4)
     zero = rt.scores(study.net, study.valid, study.pool, np.zeros((len(study.valid), 0), int))
-    start_kl = [_mean_kl(study, first[i : i + 1], i, zero, pt) for i in users]
+    start_kl = [_mean_kl(study, first[i : i + 1], i, zero[study.train_rows(i)], pt) for i in users]
     eps = float(np.median(start_kl))
     runs = rt.refine_users(study, first, False, users, eps=eps)
     for i, r in zip(users, runs):
-        assert all(_mean_kl(study, s[None], i, zero, pt) <= eps + 1e-6 for s in r.sets[1:])
+        assert all(
+            _mean_kl(study, s[None], i, zero[study.train_rows(i)], pt) <= eps + 1e-6 for s in r.sets[1:]
+        )
     assert any(r.stopped_by == "trust_region" for r in runs) or any(len(r.sets) > 1 for r in runs)
 
 
-def _mean_kl(st, set_, i, zero, pt) -> float:
-    rows_ = st.train_rows(i)
-    s = rt.scores(st.net, rt.rows(st.valid, rows_), st.pool, np.repeat(set_, len(rows_), 0))
-    return float(pt.kl_from_zero_shot(s, zero[rows_]).mean())
+def test_a_trust_region_around_the_start_bounds_every_step_from_it(study) -> None:
+    """Centred on the stage-1 set: every set the search visits lies within ε of the start's predictions
+    on the user's train items (one-line error for an unknown centre)."""
+    from lrgd.robust import perturb as pt
+
+    first, users = rt.opt.stage1(study.effect, SIZES.k, "per_user"), np.arange(4)
+    runs = rt.refine_users(study, first, False, users, eps=0.02, around="start")
+    for i, r in zip(users, runs):
+        rows_ = study.train_rows(i)
+        ref = rt.scores(
+            study.net, rt.rows(study.valid, rows_), study.pool, np.repeat(first[i : i + 1], len(rows_), 0)
+        )
+        assert all(_mean_kl(study, s[None], i, ref, pt) <= 0.02 + 1e-6 for s in r.sets)
+    with pytest.raises(rt.ConfigError, match="centred on one of zero-shot, start"):
+        rt.refine_users(study, first, False, users[:1], eps=0.1, around="history")
+
+
+def _mean_kl(st, set_, i, ref, pt) -> float:
+    """Mean KL(p_set ‖ p_ref) over user i's train rows; ``ref`` [len(train rows), C]."""
+    train = st.train_rows(i)
+    s = rt.scores(st.net, rt.rows(st.valid, train), st.pool, np.repeat(set_, len(train), 0))
+    return float(pt.kl_from_zero_shot(s, ref).mean())
 
 
 def test_popularity_by_hand() -> None:
@@ -210,6 +230,14 @@ def test_mu_and_trust_tables_agree_with_the_methods(study) -> None:
     assert np.isclose(tr.loc["1e-09", "NDCG@10"], tr.loc["stage 1 (start)", "NDCG@10"])
     unguarded = rt.ndcg(st, sets["two-stage (no guards)"])[:3].mean()
     assert np.isclose(tr.loc["∞ (unguarded)", "NDCG@10"], unguarded)
+    # centred on the start set: the start is at KL 0, and a search that starts inside stays inside
+    st2 = replace(st, sizes=replace(st.sizes, kl_eps=(0.05,)))
+    ts = rt.trust_tradeoff(st2, 3, searches["unguarded"], around="start").set_index("ε")
+    assert (ts["around"] == "start").all() and ts.loc["stage 1 (start)", "KL (train items)"] == pytest.approx(
+        0
+    )
+    assert ts.loc["0.05", "inside ε"] == 1.0 and ts.loc["0.05", "KL (train items)"] <= 0.05 + 1e-6
+    assert np.isclose(ts.loc["∞ (unguarded)", "NDCG@10"], unguarded)  # ∞: the same unguarded search
     pop = rt.popularity_table(st, sets)
     assert pop.index[0] == "zero-shot" and pop.loc["zero-shot", "KL from zero-shot"] == 0
     assert pop[["coverage@10", "Gini@10"]].apply(lambda c: c.between(0, 1)).all().all()

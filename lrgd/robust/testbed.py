@@ -273,15 +273,26 @@ def _zero_valid(st: Study) -> np.ndarray:
     return scores(st.net, st.valid, st.pool, np.zeros((len(st.valid), 0), int))
 
 
+#: where a KL trust region is centred: the zero-shot predictions, or the predictions with stage 2's
+#: start (the stage-1 set), which bounds the step stage 2 takes
+AROUND = ("zero-shot", "start")
+
+
 def _kl_trust(obj: CachedObjective, train: np.ndarray, zero: np.ndarray, eps: float):
     """The KL trust region (Eq. (R2)) of one user's search: mean over the user's ``train`` rows of
-    KL(p_S ‖ p_zero-shot) ≤ eps; ``zero`` [len(train), C] the zero-shot scores of those rows."""
+    KL(p_S ‖ p_ref) ≤ eps; ``zero`` [len(train), C] the reference scores of those rows (zero-shot, or
+    the start set's: :func:`_set_scores`)."""
 
     def scores_of(sets: np.ndarray) -> np.ndarray:  # [c, k] → [c, len(train), C], cached for the loss
         cand = obj.candidate_scores(np.tile(train, len(sets)), np.repeat(sets, len(train), 0))
         return cand.reshape(len(sets), len(train), -1)
 
     return pt.kl_trust_region(scores_of, zero, eps)
+
+
+def _set_scores(obj: CachedObjective, train: np.ndarray, set_: np.ndarray) -> np.ndarray:
+    """Candidate scores [len(train), C] of the validation rows ``train`` with one set [k] shown."""
+    return obj.candidate_scores(train, np.repeat(set_[None], len(train), 0))
 
 
 def refine_users(
@@ -291,22 +302,28 @@ def refine_users(
     users: np.ndarray | None = None,
     eps: float = math.inf,
     mu: float = 0.0,
+    around: str = "zero-shot",
 ) -> list[opt.SearchResult]:
     """Stage 2 for each of ``users`` (default: all) from ``start`` [N, k]: swaps judged on the user's train
     validation items; ``guarded``: early stopping and keep-best on the held-out items, a trust region of
-    ``max_swaps``; ``eps`` < ∞: only sets with mean KL(p_S ‖ p_zero-shot) ≤ eps on the user's train items
-    (Eq. (R2)); ``mu`` > 0: the penalty μ · Σ_{d ∈ S} step_D (the user's share, :func:`dual_share`) in
-    (O1)."""
+    ``max_swaps``; ``eps`` < ∞: only sets with mean KL(p_S ‖ p_ref) ≤ eps on the user's train items
+    (Eq. (R2)), p_ref the zero-shot predictions or (``around="start"``) those with the user's start set;
+    ``mu`` > 0: the penalty μ · Σ_{d ∈ S} step_D (the user's share, :func:`dual_share`) in (O1)."""
+    if around not in AROUND:
+        raise ConfigError(f"the trust region is centred on one of {', '.join(AROUND)}, not {around!r}")
     s = st.sizes
     kw = ({"patience": s.patience, "keep_best": True, "max_swaps": s.max_swaps} if guarded
           else {"patience": None, "keep_best": False})  # fmt: skip
     kw.update(max_iters=s.max_iters, seed=st.seed)
     users = np.arange(st.n) if users is None else np.asarray(users)
-    zero = _zero_valid(st) if math.isfinite(eps) else None
+    zero = _zero_valid(st) if math.isfinite(eps) and around == "zero-shot" else None
     out = []
     for i in progress(users, "stage 2 per user"):
         obj, train = CachedObjective(st.net, st.valid, st.pool), st.train_rows(i)
-        extra = {"trust": _kl_trust(obj, train, zero[train], eps)} if zero is not None else {}
+        extra = {}
+        if math.isfinite(eps):
+            ref = zero[train] if around == "zero-shot" else _set_scores(obj, train, start[i])
+            extra["trust"] = _kl_trust(obj, train, ref, eps)
         if mu:
             extra["penalty"] = opt.additive_penalty(st.step[:, i], mu)
         out.append(opt.refine(obj, start[i], train, st.holdout_rows(i), **kw, **extra))
@@ -470,24 +487,35 @@ def mu_tradeoff(st: Study, n_sweep: int, guarded: list[opt.SearchResult] | None 
     return pd.DataFrame(out)
 
 
-def trust_tradeoff(st: Study, n_sweep: int, unguarded: list[opt.SearchResult]) -> pd.DataFrame:
+def trust_tradeoff(
+    st: Study, n_sweep: int, unguarded: list[opt.SearchResult], around: str = "zero-shot"
+) -> pd.DataFrame:
     """Stage 2 without the other guards (no early stopping, no keep-best, no ``max_swaps``) inside the KL
-    trust region mean KL(p_S ‖ p_zero-shot) ≤ ε on the user's train items, for ε in ``sizes.kl_eps`` and
-    ε = ∞ (``unguarded``: the unguarded searches, whose first ``n_sweep`` are these users'), on the
-    first ``n_sweep`` test users; first a row for the start (stage 1). Per ε: :func:`_summary`, the mean
-    train, held-out and test rank loss, the mean KL on the train items and the share of users inside ε
-    (a search that starts outside ε may only move inside; with no improving move inside it keeps its
-    start)."""
-    s0, zero, users = _test_scores(st, None), _zero_valid(st), np.arange(n_sweep)
+    trust region mean KL(p_S ‖ p_ref) ≤ ε on the user's train items, p_ref the zero-shot predictions or
+    (``around="start"``) those with the user's stage-1 set, for ε in ``sizes.kl_eps`` and ε = ∞
+    (``unguarded``: the unguarded searches, whose first ``n_sweep`` are these users'), on the first
+    ``n_sweep`` test users; first a row for the start (stage 1). Per ε: :func:`_summary`, the mean
+    train, held-out and test rank loss, the mean KL from p_ref on the train items and the share of users
+    inside ε (around zero-shot, a search that starts outside ε may only move inside; with no improving
+    move inside it keeps its start; around the start, every search starts inside)."""
+    s0, users = _test_scores(st, None), np.arange(n_sweep)
     first = opt.stage1(st.effect, st.sizes.k, "per_user")
-    out = [{"ε": "stage 1 (start)", "eps": np.nan, **_loss_row(st, first, users, zero, s0, math.inf)}]
+    if around == "zero-shot":
+        ref = _zero_valid(st)[np.concatenate([st.train_rows(i) for i in users])]
+    else:
+        ref = _valid_scores(st, first, users, st.train_rows)[0]
+    head = {"around": around}
+    out = [{**head, "ε": "stage 1 (start)", "eps": np.nan, **_loss_row(st, first, users, ref, s0, math.inf)}]
     for eps in (*st.sizes.kl_eps, math.inf):
-        runs = unguarded[: len(users)] if math.isinf(eps) else refine_users(st, first, False, users, eps)
+        if math.isinf(eps):
+            runs = unguarded[: len(users)]
+        else:
+            runs = refine_users(st, first, False, users, eps, around=around)
         sets = first.copy()
         sets[users] = np.stack([r.best for r in runs])
         label = "∞ (unguarded)" if math.isinf(eps) else f"{eps:g}"
-        out.append({"ε": label, "eps": eps if math.isfinite(eps) else np.nan,
-                    **_loss_row(st, sets, users, zero, s0, eps)})  # fmt: skip
+        out.append({**head, "ε": label, "eps": eps if math.isfinite(eps) else np.nan,
+                    **_loss_row(st, sets, users, ref, s0, eps)})  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -499,12 +527,13 @@ def _valid_scores(st: Study, sets: np.ndarray, users: np.ndarray, rows_of) -> tu
     return sc, idx.ravel()
 
 
-def _loss_row(st, sets, users, zero, s0, eps) -> dict[str, float]:
+def _loss_row(st, sets, users, ref, s0, eps) -> dict[str, float]:
     """:func:`_summary` of ``sets`` [N, k] on ``users`` with the mean train / held-out / test rank loss, the
-    mean KL on the train items and the share of users whose set lies inside ε (NaN for ε = ∞)."""
+    mean KL from ``ref`` (the reference scores [n · V/2, C] of the users' train rows, user-major) on the
+    train items and the share of users whose set lies inside ε (NaN for ε = ∞)."""
     s = _test_scores(st, sets)
-    train, train_rows = _valid_scores(st, sets, users, st.train_rows)
-    kl = pt.kl_from_zero_shot(train, zero[train_rows]).reshape(len(users), -1).mean(1)
+    train, _ = _valid_scores(st, sets, users, st.train_rows)
+    kl = pt.kl_from_zero_shot(train, ref).reshape(len(users), -1).mean(1)
     loss = {"train loss": rank_loss(train).mean(),
             "held-out loss": rank_loss(_valid_scores(st, sets, users, st.holdout_rows)[0]).mean(),
             "test loss": rank_loss(s[users]).mean(), "KL (train items)": kl.mean(),
@@ -586,7 +615,9 @@ def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
     t["popularity"] = popularity_table(st, sets)
     sweep = min(r.sweep_users, st.n)  # the first users are those of the stage-2 μ and ε sweeps
     t["mu"] = mu_tradeoff(st, sweep, searches["guarded"])
-    t["trust"] = trust_tradeoff(st, sweep, searches["unguarded"])
+    t["trust"] = pd.concat(
+        [trust_tradeoff(st, sweep, searches["unguarded"], a) for a in AROUND], ignore_index=True
+    )
     t["perturbation"] = perturbation_curves(st, sets, r.perturbations, r.rates)
     t["lambda"] = lam_tradeoff(st)
     t["drift"] = drift_study(net, prof.world, r, seed)
