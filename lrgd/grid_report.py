@@ -45,6 +45,7 @@ __all__ = [
     "build_tables",
     "choose_reader",
     "choose_variants",
+    "compute_seconds",
     "forest",
     "published",
     "style_table",
@@ -92,6 +93,21 @@ METHOD_LABELS = {
 def published(runner, tasks: Sequence[GridTask]) -> dict[GridTask, dict | None]:
     """Each task → its published summary under its current key (:func:`lrgd.grid.load`), or None."""
     return {t: load(runner, t.cfg) for t in tasks}
+
+
+def compute_seconds(results: Mapping[GridTask, dict | None]) -> float:
+    """The compute time the published summaries of ``results`` recorded: per run, its users × (seconds
+    per user + the null pass's), as measured by its per-user records on the machine and load they ran
+    under (a run's users served from an earlier run's records count with their recorded times)."""
+    total = 0.0
+    for r in results.values():
+        if r is not None:
+            prov = r.get("provenance", {})
+            per_user = float(prov.get("seconds_per_user") or 0.0) + float(
+                prov.get("null_seconds_per_user") or 0.0
+            )
+            total += per_user * len(r["users"])
+    return total
 
 
 def _mean(result: dict, variant: str, metric: str = METRIC) -> float:

@@ -68,8 +68,9 @@ print(f"build profile={profile}; tables from profile={shown} ({'computed here' i
 # %% [markdown]
 # ## 6.1 What is published
 #
-# The grid of the shown profile: how many of its runs are published under their current keys, how
-# long the missing ones would take (the median seconds per user measured by earlier runs of the same
+# The grid of the shown profile: how many of its runs are published under their current keys, the
+# compute their records measured (on the machine and under the load they ran with), how long the
+# missing ones would take (the median seconds per user measured by earlier runs of the same
 # model, method and $k$; an upper bound, since cached users are not subtracted), and the command that
 # computes them.
 
@@ -79,6 +80,10 @@ missing = [t for t, r in results.items() if r is None]
 eta = estimate_seconds(missing, runner.root.parent)
 print(f"profile {shown}: {len(tasks)} runs in the grid, {len(tasks) - len(missing)} published, "
       f"{len(missing)} missing")  # fmt: skip
+spent = gr.compute_seconds(results)
+print(
+    f"compute recorded by the published runs: {spent / 3600:.1f} CPU-hours (users × their measured seconds)"
+)
 if missing:
     when = f"{eta / 60:.0f} min" if eta >= 60 else f"{eta:.0f} s"
     print(f"estimated time of the missing runs: about {when} (at the speeds earlier runs measured)")

@@ -267,3 +267,12 @@ def test_forest_draws_each_published_row_at_its_mean_and_leaves_out_missing_rows
     line = ax.lines[0]  # the one dataset's markers, one per shown row
     assert np.allclose(line.get_xdata(), list(want.values()))
     assert np.allclose(line.get_ydata(), range(len(want)))
+
+
+def test_compute_seconds_sums_users_times_their_measured_seconds():
+    rng = np.random.default_rng(6)
+    results = {llm("zero-shot"): summary(rank_list(rng)), ref("ref-markov"): summary(rank_list(rng)),
+               llm("random", 2): None}  # fmt: skip
+    results[llm("zero-shot")]["provenance"].update(seconds_per_user=2.0, null_seconds_per_user=1.0)
+    results[ref("ref-markov")]["provenance"].update(seconds_per_user=0.5)
+    assert gr.compute_seconds(results) == pytest.approx(N * 3.0 + N * 0.5)
