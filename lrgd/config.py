@@ -469,6 +469,9 @@ class GridSizes:
     references: tuple[str, ...] = ("ref-popularity", "ref-bm25", "ref-markov")
     reader: str | None = "trained:reader-anon"  # chapter 2b's model at k = 0 and its best (selector, k)
     reader_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")
+    reader_effect_k: int | None = (
+        None  # a row of the reader's own Effect_D selector (reader-effect) at this k
+    )
 
     def validate(self) -> GridSizes:
         if not self.datasets or not self.models:
@@ -477,6 +480,10 @@ class GridSizes:
             raise ConfigError(f"grid.k must be ≥ 1 (zero-shot rows use k = 0), got {self.k}")
         if self.n_users is not None and self.n_users < 1:
             raise ConfigError(f"grid.n_users must be ≥ 1 or None (all), got {self.n_users}")
+        if self.reader_effect_k is not None and self.reader_effect_k < 1:
+            raise ConfigError(
+                f"grid.reader_effect_k must be ≥ 1 or None (no row), got {self.reader_effect_k}"
+            )
         return self
 
 
@@ -564,7 +571,7 @@ _PROFILES = {
         grid=GridSizes(datasets=_ALL_DATASETS, models=("smollm2-135m", "gemma3-270m"),
                        llm_methods=_ALL_SELECTORS, other_model_methods=("zero-shot",),
                        effect_datasets=("amazon-games", "ml-100k"), icl_datasets=None,
-                       n_users=_FULL_USERS, reader_datasets=_ALL_DATASETS),
+                       n_users=_FULL_USERS, reader_datasets=_ALL_DATASETS, reader_effect_k=16),
     ),
     "gpu": Profile(
         "gpu",

@@ -123,6 +123,8 @@ def grid_tasks(profile: str, seed: int = 0) -> list[GridTask]:
             valid.append(GridTask(cfg, "valid", "reference"))
         if G.reader and name in G.reader_datasets:
             rows = [("zero-shot", 0)] + [(s, k) for s in R.eval_selectors for k in R.eval_ks]
+            if G.reader_effect_k:  # the reader's own Effect_D (chapter 2b, §2b.5) as a selector
+                rows.append(("reader-effect", G.reader_effect_k))
             for method, k in rows:
                 for split, n in (("valid", R.n_valid_users), ("test", G.n_users)):
                     cfg = EvalConfig(name, method, k, n_users=n, split=split, model=G.reader, seed=seed,

@@ -61,6 +61,8 @@ BETTER, WORSE = "▲", "▼"
 #: marks a baseline chosen on test users (some candidate has no published validation run)
 ON_TEST = "†"
 REFERENCES = "references"
+#: reader selectors shown as rows of their own (besides k = 0 and the best (selector, k))
+SHOWN_READER_METHODS = ("reader-effect",)
 #: the last column: the paired difference from the group's baseline
 COMPARE = f"Δ{METRIC} vs baseline [95% CI], Holm p"
 #: the dtype of each profile's published LLM results (part of their keys): CPU runs use float32, the
@@ -81,6 +83,7 @@ METHOD_LABELS = {
     "popular": "popular",
     "effect": "Effect_D per user",
     "effect-global": "Effect_D global",
+    "reader-effect": "Effect_D per user",
     "ref-popularity": "popularity",
     "ref-bm25": "BM25",
     "ref-markov": "Markov",
@@ -237,6 +240,9 @@ def _rows(dataset: str, results: Mapping[GridTask, dict | None], variants) -> tu
             label = f"best: {pick[0]}, k = {pick[1]}"
             rows.append(Row(group, label, results[best], "score", False, model=reader))
             notes.append(f"{group} ({reader}): the best (selector, k) by mean {METRIC} on validation users.")
+        for t in (t for t in readers if t.cfg.method in SHOWN_READER_METHODS):
+            label = f"{METHOD_LABELS[t.cfg.method]}, k = {t.cfg.k}"
+            rows.append(Row(group, label, results[t], "score", False, model=reader))
     return rows, notes
 
 

@@ -102,7 +102,8 @@ if compute and missing:
 # demonstrations chosen by each selector the profile runs (random, most recent, most similar history,
 # most popular items, Effect_D per user and global, chapter 3); the non-LLM references (popularity,
 # BM25 over titles, a first-order Markov chain); chapter 2b's reader, trained to read demonstrations
-# of anonymised items, at $k = 0$ and at the (selector, $k$) with the best NDCG@10 on validation users.
+# of anonymised items, at $k = 0$, at the (selector, $k$) with the best NDCG@10 on validation users,
+# and, where the profile runs it, with demonstrations ranked by its own Effect_D (chapter 2b, §2b.5).
 # **Columns**: the mean over test users with its 95% bootstrap interval; bold marks the best mean of a
 # column, underline the second. The last column compares each row with its group's **baseline** — the
 # best row without demonstrations (the group's own $k = 0$ row or a reference) — on the same users:

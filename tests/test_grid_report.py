@@ -226,6 +226,7 @@ def test_every_test_task_of_a_profile_is_a_row(profile):
         table = gr.build_table(name, results, n_boot=10)
         tests = [t for t in tasks if t.role == "test" and t.cfg.dataset == name]
         n_reader = 2 if any(t.kind == "reader" for t in tests) else 0
+        n_reader += sum(t.kind == "reader" and t.cfg.method in gr.SHOWN_READER_METHODS for t in tests)
         assert len(table.rows) == sum(t.kind != "reader" for t in tests) + n_reader
         cells, _ = gr.table_frames(table, n_boot=10)
         assert set(cells.to_numpy().ravel()) == {"—"}
@@ -276,3 +277,14 @@ def test_compute_seconds_sums_users_times_their_measured_seconds():
     results[llm("zero-shot")]["provenance"].update(seconds_per_user=2.0, null_seconds_per_user=1.0)
     results[ref("ref-markov")]["provenance"].update(seconds_per_user=0.5)
     assert gr.compute_seconds(results) == pytest.approx(N * 3.0 + N * 0.5)
+
+
+def test_the_readers_effect_d_row_is_shown_and_tested_against_the_readers_baseline():
+    rng = np.random.default_rng(7)
+    results = base_results(rng)
+    results[reader("reader-effect", 16, "test")] = summary(rank_list(rng))
+    table = gr.build_table(DATASET, results, n_boot=100)
+    labels = [(r.group, r.label) for r in table.rows]
+    i = labels.index(("reader", "Effect_D per user, k = 16"))
+    assert table.rows[i].ready and not table.rows[i].plain  # a demonstration row, never a baseline
+    assert i in table.tests and table.baselines["reader"][0] != i
