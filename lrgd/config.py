@@ -469,9 +469,8 @@ class GridSizes:
     references: tuple[str, ...] = ("ref-popularity", "ref-bm25", "ref-markov")
     reader: str | None = "trained:reader-anon"  # chapter 2b's model at k = 0 and its best (selector, k)
     reader_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")
-    reader_effect_k: int | None = (
-        None  # a row of the reader's own Effect_D selector (reader-effect) at this k
-    )
+    #: rows of the reader's own Effect_D selectors, plain and robust (reader-effect, reader-robust-effect)
+    reader_effect_k: int | None = None
 
     def validate(self) -> GridSizes:
         if not self.datasets or not self.models:

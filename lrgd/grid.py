@@ -100,6 +100,9 @@ def grid_tasks(profile: str, seed: int = 0) -> list[GridTask]:
             cfg = EvalConfig(name, "zero-shot", split="valid", n_users=n, model=model, seed=seed)
             valid.append(GridTask(cfg, "valid", "llm"))
     effect_params = {"effect_pool": prof.effect.select_pool}
+    rb = prof.robust  # the robust score of chapter 4 (Eq. (R1)) for the reader's robust Effect_D row
+    robust_params = {"copies": rb.n_copies, "lam": rb.lam, "perturbation": rb.robust_perturbation,
+                     "rate": rb.robust_rate}  # fmt: skip
     for name in G.datasets:
         icl = G.icl_datasets is None or name in G.icl_datasets
         for i, model in enumerate(G.models):
@@ -123,12 +126,13 @@ def grid_tasks(profile: str, seed: int = 0) -> list[GridTask]:
             valid.append(GridTask(cfg, "valid", "reference"))
         if G.reader and name in G.reader_datasets:
             rows = [("zero-shot", 0)] + [(s, k) for s in R.eval_selectors for k in R.eval_ks]
-            if G.reader_effect_k:  # the reader's own Effect_D (chapter 2b, §2b.5) as a selector
-                rows.append(("reader-effect", G.reader_effect_k))
+            if G.reader_effect_k:  # the reader's own Effect_D (chapter 2b, §2b.5), plain and robust (ch. 4)
+                rows += [("reader-effect", G.reader_effect_k), ("reader-robust-effect", G.reader_effect_k)]
             for method, k in rows:
+                params = robust_params if method == "reader-robust-effect" else {}
                 for split, n in (("valid", R.n_valid_users), ("test", G.n_users)):
                     cfg = EvalConfig(name, method, k, n_users=n, split=split, model=G.reader, seed=seed,
-                                     guard="own")  # fmt: skip
+                                     guard="own", params=params)  # fmt: skip
                     (valid if split == "valid" else test).append(GridTask(cfg, split, "reader"))
     return valid + test
 

@@ -258,3 +258,42 @@ def test_reader_effect_selector_through_the_runner(runner, monkeypatch) -> None:
         RD.ReaderEffectSelector().select(runner, EvalConfig(DATASET, "reader-effect", k=1), "u", 1, [])
     with pytest.raises(ConfigError, match="effect-rate"):
         RD.ReaderEffectSelector(effect_rate="slope").validate()
+
+
+def test_perturbed_variants_are_titled_copies_and_rate_zero_copies_exactly(runner) -> None:
+    ctx = ctx_for(runner, tiny_reader())
+    demos = [c.demo for c in RD.candidate_pool(ctx, some_user(ctx), 6, corrupted=False)]
+    rng = np.random.default_rng(0)
+    same = RD.perturbed_variants(ctx.cat, demos, "random", 0.0, 3, rng)
+    assert same == [(list(map(int, h)), int(x)) for h, x in demos] * 3  # identity: rate 0 changes nothing
+    noisy = RD.perturbed_variants(ctx.cat, demos, "random", 1.0, 2, rng)
+    titled = set(map(int, ctx.cat.titled))
+    assert len(noisy) == 2 * len(demos) and all(set(h) | {x} <= titled for h, x in noisy)
+    assert [len(h) for h, _ in noisy] == [len(h) for h, _ in demos] * 2  # substitution keeps lengths
+    assert noisy != same[: len(noisy)]  # every position was redrawn
+
+
+def test_robust_reader_effect_is_plain_effect_d_without_noise_and_differs_with_it(runner) -> None:
+    """Identity: one noiseless copy and λ = 0 give reader-effect's ranking; with noisy copies and λ > 0
+    the score is mean − λ·std of Effect_D over the copies (recomputed here from the same draws)."""
+    from lrgd.robust.perturb import robust_score
+
+    ctx = ctx_for(runner, tiny_reader(seed=2, qk_scale=4.0))
+    user = some_user(ctx, 1)
+    plain = RD.ReaderEffectSelector(effect_pool=6).ranking(ctx, user)
+    clean = RD.ReaderRobustEffectSelector(effect_pool=6, copies=1, lam=0.0, rate=0.0).ranking(ctx, user)
+    assert clean[0] == plain[0] and clean[1] == pytest.approx(plain[1], abs=1e-6)
+
+    sel = RD.ReaderRobustEffectSelector(effect_pool=6, copies=3, lam=2.0, rate=0.5)
+    order, score = sel.ranking(ctx, user)
+    cands = RD.candidate_pool(ctx, user, 6, corrupted=False)
+    demos = [c.demo for c in cands]
+    copies = RD.perturbed_variants(ctx.cat, demos, "random", 0.5, 3, RD._user_rng(ctx, user, 8))
+    sc = RD.validation_context(ctx, user, demos)
+    e = RD.effects(ctx.model, ctx.cat, sc, copies, ctx.sizes, rates=("secant",))["secant"]
+    want = robust_score(np.asarray(e).reshape(3, len(demos)), lam=2.0)
+    by_source = {c.source: w for c, w in zip(cands, want)}
+    assert score == pytest.approx([by_source[s] for s in order], abs=1e-6)
+    assert score == sorted(score, reverse=True)
+    with pytest.raises(ConfigError, match="perturbation 'popular'"):
+        RD.ReaderRobustEffectSelector(perturbation="popular").validate()

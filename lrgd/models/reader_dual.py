@@ -35,7 +35,7 @@ import math
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -746,13 +746,77 @@ class ReaderEffectSelector:
             )
         ctx = replace(context(runner, cfg.dataset, cfg.model, seed=cfg.seed), history_len=cfg.history_len,
                       n_candidates=cfg.n_candidates, guard=cfg.guard)  # fmt: skip
-        key = ("reader-effect", cfg.dataset, cfg.model, runner.model_source(cfg.model)[1], cfg.history_len,
-               cfg.seed, cfg.n_candidates, cfg.guard, self.effect_pool, self.effect_rate, user)  # fmt: skip
+        weights = runner.model_source(cfg.model)[1]
+        key = (type(self).__name__, cfg.dataset, cfg.model, weights, cfg.history_len, cfg.seed,
+               cfg.n_candidates, cfg.guard, tuple(sorted(asdict(self).items())), user)  # fmt: skip
         order, scores_ = runner.memo(key, lambda: self.ranking(ctx, user))
         sel = runner.pool(cfg).take(user, k, iter(order), fill_random=True)
         chosen = dict(zip(order, scores_, strict=True))
         effect = [round(chosen[s], 6) if s in chosen else None for s in sel.sources]
         return replace(sel, extra={"effect": effect})  # Effect_D of the chosen demonstrations
+
+
+#: perturbations the robust reader score draws copies with (item-level; ``popular`` needs counts)
+ROBUST_PERTURBATIONS = ("random", "flip_next", "shuffle", "dropout")
+
+
+def perturbed_variants(
+    cat: Catalogue, demos, name: str, rate: float, copies: int, rng: np.random.Generator
+) -> list[tuple[list[int], int]]:
+    """``copies`` perturbed copies of ``demos`` [(history indices, next index)], copy-major ([R · M]):
+    :func:`lrgd.robust.perturb.perturb` on the catalogue's titled items (a substituted item is a uniform
+    titled one); a demonstration whose history is dropped entirely keeps its most recent item."""
+    from lrgd.robust import perturb as pt
+
+    titled = np.asarray(cat.titled)
+    pos = {int(i): j for j, i in enumerate(titled)}
+    ctx = {"n_items": len(titled), "pad_id": -1}
+    out = []
+    for _ in range(copies):
+        for h, x in demos:
+            d = pt.perturb(pt.DemoItems(np.array([[pos[int(i)] for i in h]]), np.array([pos[int(x)]])),
+                           name, rate, rng, **ctx)  # fmt: skip
+            kept = [int(titled[i]) for i in d.history[0] if i != -1] or [int(h[-1])]
+            out.append((kept, int(titled[int(d.next_item[0])])))
+    return out
+
+
+@register_selector("reader-robust-effect")
+class ReaderRobustEffectSelector(ReaderEffectSelector):
+    """``reader-effect`` ranked by the robust score of chapter 4 (Eq. (R1), our reconstruction): the mean
+    minus λ times the standard deviation of Effect_D over ``copies`` perturbed copies of each candidate
+    (the copies are scored; the demonstration shown is the candidate itself)."""
+
+    copies: int = field(default=4, metadata={"help": "perturbed copies R per candidate demonstration"})
+    lam: float = field(default=1.0, metadata={"help": "λ: the weight of Effect_D's spread over the copies"})
+    perturbation: str = field(default="random", metadata={"help": "the perturbation drawing the copies"})
+    rate: float = field(default=0.5, metadata={"help": "share of a copy's positions perturbed"})
+    code: ClassVar[tuple[str, ...]] = (*ReaderEffectSelector.code, "lrgd.robust.perturb")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.copies < 1 or not (math.isfinite(self.lam) and self.lam >= 0) or not 0 <= self.rate <= 1:
+            raise ConfigError(
+                f"--copies must be ≥ 1, --lam finite and ≥ 0, --rate in [0, 1]; got {self.copies}, "
+                f"{self.lam}, {self.rate}"
+            )
+        if self.perturbation not in ROBUST_PERTURBATIONS:
+            raise ConfigError(
+                f"--perturbation {self.perturbation!r}: choose one of {', '.join(ROBUST_PERTURBATIONS)}"
+            )
+
+    def ranking(self, ctx: ReaderContext, user: str) -> tuple[list[tuple[str, int]], list[float]]:
+        from lrgd.robust.perturb import robust_score
+
+        cands = candidate_pool(ctx, user, self.effect_pool, corrupted=False)
+        demos = [c.demo for c in cands]
+        rng = _user_rng(ctx, user, 8)
+        copies = perturbed_variants(ctx.cat, demos, self.perturbation, self.rate, self.copies, rng)
+        e = effects(ctx.model, ctx.cat, validation_context(ctx, user, demos), copies, ctx.sizes,
+                    rates=(self.effect_rate,))[self.effect_rate]  # fmt: skip
+        score = robust_score(np.asarray(e).reshape(self.copies, len(demos)), lam=self.lam)
+        order = sorted(range(len(cands)), key=lambda j: (-float(score[j]), j))
+        return [cands[j].source for j in order], [float(score[j]) for j in order]
 
 
 def selection_table(
