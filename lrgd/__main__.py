@@ -155,7 +155,8 @@ def _grid_parser(sub) -> None:
     g.add_argument("--quiet", action="store_true", help="no plan line and no progress bar")
     g.add_argument(
         "--files", action="store_true",
-        help="print the files to commit (published summaries; records and candidates of unfinished tasks)",
+        help="print the files to commit (published summaries; records and candidates of unfinished tasks; "
+        "trained weights, copied from the cache to results/<profile>/models/)",
     )  # fmt: skip
     g.add_argument("--prune", action="store_true", help="delete published files no current task names")
 

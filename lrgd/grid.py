@@ -54,7 +54,9 @@ __all__ = [
     "GridTask",
     "Setup",
     "estimate_seconds",
+    "export_weights",
     "grid_tasks",
+    "import_weights",
     "load",
     "plan",
     "published_path",
@@ -441,6 +443,75 @@ def grid_status(
         return _locate(s.planner, tasks, s.where)
 
 
+# ------------------------------------------------------------------------- trained weights, committed
+
+
+def weights_files(runner, tasks: Sequence[GridTask]) -> list[Path]:
+    """The cache file of each trained model that ``tasks`` run (:func:`lrgd.models.reader.weights_path`;
+    its resumable checkpoint is the same name with ``.partial``)."""
+    from lrgd.models.reader import weights_path
+
+    out = []
+    for name in dict.fromkeys(t.cfg.model for t in tasks if t.kind == "reader"):
+        sizes = runner.reader_sizes(name)
+        out.append(weights_path(sizes, runner.reader_data(), runner.embedder_fingerprint(sizes.titles)))
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (a temporary file renamed), creating ``dst``'s folder."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def export_weights(runner, tasks: Sequence[GridTask]) -> list[Path]:
+    """Copy the trained models' weights from the cache to ``<root>/<profile>/models/`` and return the copies.
+
+    A trained reader costs hours of CPU at ``full``, and a cache lives on one machine: the final weights
+    (without the optimiser, about 2 MB) or, mid-training, the resumable checkpoint are committed with the
+    results, so another clone reuses or resumes them (:func:`import_weights`). A copy is named by the
+    weights key (training sizes, data, embedder, the trainer's source and seed), so it never stands in
+    for other weights."""
+    out = []
+    for path in weights_files(runner, tasks):
+        final, partial = (
+            runner.root / "models" / path.name,
+            runner.root / "models" / path.with_suffix(".partial").name,
+        )
+        if path.is_file():
+            if not final.is_file() or final.read_bytes() != path.read_bytes():
+                _copy(path, final)
+            partial.unlink(missing_ok=True)  # training finished: the checkpoint is obsolete
+        elif path.with_suffix(".partial").is_file():
+            _copy(path.with_suffix(".partial"), partial)
+        out += [f for f in (final, partial) if f.is_file()]
+    return out
+
+
+def import_weights(runner, tasks: Sequence[GridTask]) -> list[Path]:
+    """Copy committed weights (:func:`export_weights`) into the cache where the cache has none; return the
+    cache files written. A committed checkpoint is copied only where the cache has no checkpoint either."""
+    out = []
+    for path in weights_files(runner, tasks):
+        final, partial = (
+            runner.root / "models" / path.name,
+            runner.root / "models" / path.with_suffix(".partial").name,
+        )
+        if path.is_file():
+            continue
+        if final.is_file():
+            _copy(final, path)
+            out.append(path)
+        elif partial.is_file() and not path.with_suffix(".partial").is_file():
+            _copy(partial, path.with_suffix(".partial"))
+            out.append(path.with_suffix(".partial"))
+    return out
+
+
 def grid_files(
     profile: str,
     tasks: Sequence[GridTask],
@@ -450,19 +521,22 @@ def grid_files(
 ) -> tuple[list[Path], list[Path]]:
     """(files to commit, stale published files) of ``tasks`` (``grid --files`` / ``--prune``).
 
-    To commit: every published summary, and for each missing task its per-user records so far and its
-    saved candidates, so that a later session (another clone) resumes the run instead of restarting
-    it. Stale: files under ``<root>/<profile>/grid/`` that no task's current key names (a run of an
-    earlier configuration, data, model or code), which the tables never read."""
+    To commit: every published summary, for each missing task its per-user records so far and its
+    saved candidates, and the trained models' weights or training checkpoint (copied from the cache by
+    :func:`export_weights`), so that a later session (another clone) resumes the run instead of
+    restarting it. Stale: files under ``<root>/<profile>/grid/`` and ``models/`` that no task's current
+    key names (a run of an earlier configuration, data, model or code), which nothing reads."""
     with _session(profile, "sequential", 0, 1, "cpu", dtype, results_root, data_dir) as s:
         st = _locate(s.planner, tasks, s.where)
         st.check()
         keep = [p for t, p in st.paths.items() if p.is_file()]
         for t in st.missing:
             keep += [p for p in (s.planner.paths(t.cfg)[0], s.planner.candidates_path(t.cfg)) if p.is_file()]
-        current = set(st.paths.values())
+        weights = export_weights(s.planner, tasks)
+        current = set(st.paths.values()) | set(weights)
         stale = [p for p in sorted((s.planner.root / "grid").glob("*/*.json")) if p not in current]
-    return list(dict.fromkeys(keep)), stale
+        stale += [p for p in sorted((s.planner.root / "models").glob("*")) if p not in current]
+    return list(dict.fromkeys(keep + weights)), stale
 
 
 def run_grid(
@@ -501,6 +575,8 @@ def run_grid(
         for t, info in status.failed:
             fail(t, info)
         todo = status.missing
+        for path in import_weights(s.planner, todo) if todo else []:  # committed weights → this cache
+            _say(f"resuming from committed weights: {path.name}")
         if progress:
             _say(status.lines(s.setup.profile)[0] + (f" · running on {s.where}" if todo else ""))
         if todo and s.mode == "sequential":

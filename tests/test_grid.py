@@ -180,6 +180,48 @@ def test_files_lists_what_resumes_and_prune_deletes_only_stale_summaries(tmp_pat
     assert not stale.exists() and done.is_file() and records.is_file()
 
 
+def test_trained_weights_travel_with_the_results(tmp_path, data_root, capsys, monkeypatch) -> None:
+    """A reader's checkpoint mid-training, then its final weights, are copied to results/<profile>/models/
+    by --files; a fresh cache (another clone) gets them back from there; --prune drops an old copy."""
+    monkeypatch.setenv("LRGD_CACHE", str(tmp_path / "cache"))
+    args = [
+        "grid",
+        "--profile",
+        "ci",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--data-dir",
+        str(data_root),
+    ]
+    tasks = [t for t in grid_tasks("ci") if t.kind == "reader"]
+    runner = Runner("ci", "cpu", quiet=True, results_root=tmp_path / "results", data_dir=data_root)
+    (cached,) = grid.weights_files(runner, tasks)  # one trained model in the ci grid
+    models = tmp_path / "results" / "ci" / "models"
+    cached.parent.mkdir(parents=True)
+    cached.with_suffix(".partial").write_bytes(b"step 250")
+
+    assert main([*args, "--only-kind", "reader", "--files"]) == 0
+    listed = [Path(x) for x in capsys.readouterr().out.splitlines()]
+    assert models / cached.with_suffix(".partial").name in listed
+    assert not (models / cached.name).exists()
+
+    cached.with_suffix(".partial").unlink()  # a fresh machine: the checkpoint comes back from results/
+    assert grid.import_weights(runner, tasks) == [cached.with_suffix(".partial")]
+    assert cached.with_suffix(".partial").read_bytes() == b"step 250"
+    assert grid.import_weights(runner, tasks) == []  # the cache's own checkpoint is never overwritten
+
+    cached.write_bytes(b"final")  # training finished: the weights replace the committed checkpoint
+    old = models / "reader-000000000000.pt"
+    old.write_bytes(b"an earlier configuration")
+    assert main([*args, "--files"]) == 0
+    listed = [Path(x) for x in capsys.readouterr().out.splitlines()]
+    assert models / cached.name in listed and old not in listed
+    assert sorted(p.name for p in models.iterdir()) == sorted([cached.name, old.name])
+    assert main([*args, "--prune"]) == 0
+    capsys.readouterr()
+    assert [p.name for p in models.iterdir()] == [cached.name]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [

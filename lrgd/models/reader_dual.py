@@ -727,12 +727,15 @@ class ReaderEffectSelector:
         if self.effect_rate not in fx.RATES:
             raise ConfigError(f"--effect-rate must be one of {', '.join(fx.RATES)}, got {self.effect_rate!r}")
 
+    def scores(self, ctx: ReaderContext, user: str, demos: list) -> np.ndarray:
+        """The score [M] that ranks ``demos`` for ``user``: their Effect_D on the validation item."""
+        return np.asarray(effects(ctx.model, ctx.cat, validation_context(ctx, user, demos), demos, ctx.sizes,
+                                  rates=(self.effect_rate,))[self.effect_rate])  # fmt: skip
+
     def ranking(self, ctx: ReaderContext, user: str) -> tuple[list[tuple[str, int]], list[float]]:
-        """(sources best first, their Effect_D) for ``user``."""
+        """(sources best first, their :meth:`scores`) for ``user``."""
         cands = candidate_pool(ctx, user, self.effect_pool, corrupted=False)
-        demos = [c.demo for c in cands]
-        e = effects(ctx.model, ctx.cat, validation_context(ctx, user, demos), demos, ctx.sizes,
-                    rates=(self.effect_rate,))[self.effect_rate]  # fmt: skip
+        e = self.scores(ctx, user, [c.demo for c in cands])
         order = sorted(range(len(cands)), key=lambda j: (-float(e[j]), j))
         return [cands[j].source for j in order], [float(e[j]) for j in order]
 
@@ -805,18 +808,15 @@ class ReaderRobustEffectSelector(ReaderEffectSelector):
                 f"--perturbation {self.perturbation!r}: choose one of {', '.join(ROBUST_PERTURBATIONS)}"
             )
 
-    def ranking(self, ctx: ReaderContext, user: str) -> tuple[list[tuple[str, int]], list[float]]:
+    def scores(self, ctx: ReaderContext, user: str, demos: list) -> np.ndarray:
+        """Eq. (R1) of each of ``demos``: Effect_D's mean − λ · std over its perturbed copies."""
         from lrgd.robust.perturb import robust_score
 
-        cands = candidate_pool(ctx, user, self.effect_pool, corrupted=False)
-        demos = [c.demo for c in cands]
         rng = _user_rng(ctx, user, 8)
         copies = perturbed_variants(ctx.cat, demos, self.perturbation, self.rate, self.copies, rng)
         e = effects(ctx.model, ctx.cat, validation_context(ctx, user, demos), copies, ctx.sizes,
                     rates=(self.effect_rate,))[self.effect_rate]  # fmt: skip
-        score = robust_score(np.asarray(e).reshape(self.copies, len(demos)), lam=self.lam)
-        order = sorted(range(len(cands)), key=lambda j: (-float(score[j]), j))
-        return [cands[j].source for j in order], [float(score[j]) for j in order]
+        return robust_score(np.asarray(e).reshape(self.copies, len(demos)), lam=self.lam)
 
 
 def selection_table(
