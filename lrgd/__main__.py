@@ -257,13 +257,8 @@ def _optimize_spec(a: argparse.Namespace, profile):
 
 def _optimize(a: argparse.Namespace) -> int:
     """Run (or resume) the optimiser; the state is written atomically next to ``--out`` after every step."""
-    import json
-    from dataclasses import asdict
-
     from lrgd.config import get_profile
-    from lrgd.errors import ConfigError
     from lrgd.rec.runner import Runner
-    from lrgd.results import code_hash, write_json
     from lrgd.robust import runner_objective as ro
 
     profile = get_profile(a.profile)
@@ -271,38 +266,7 @@ def _optimize(a: argparse.Namespace) -> int:
     runner = Runner(
         profile.name, a.device, quiet=a.quiet, results_root=a.results_dir, data_dir=a.data_dir, dtype=a.dtype
     )
-    ident = {
-        "spec": asdict(spec),
-        "profile": profile.name,
-        "data": runner.data(spec.dataset).fingerprint,
-        "weights": runner.model_source(spec.model)[1],
-        # the memo in the state holds the model's losses: the code computing them is part of the key
-        "code": code_hash(
-            "lrgd.robust.optimise", "lrgd.robust.runner_objective", *runner.code_modules(spec.cfg("valid"))
-        ),
-    }
-    path = Path(str(a.out) + ".state.json")
-    state = None
-    if path.is_file() and not a.restart:
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise ConfigError(f"{path}: unreadable state file; rerun with --restart to start over") from None
-        if saved.get("ident") != ident:
-            diff = sorted(k for k in ident if saved.get("ident", {}).get(k) != ident[k])
-            raise ConfigError(
-                f"{path} was written by other arguments ({', '.join(diff)} differ); rerun with the same "
-                "arguments to resume, or add --restart to start over"
-            )
-        state = saved["state"]
-        it = state.get("search", {}).get("iteration", 0)
-        print(f"resuming from {path} (stage 2 iteration {it})", file=sys.stderr)
-    save = lambda st: write_json(path, {"ident": ident, "state": st})  # noqa: E731
-    res = ro.optimize(runner, spec, state, on_state=save, verbose=not a.quiet)
-    method = "two-stage" if spec.collapse_guard else "two-stage-unguarded"
-    chosen = [res.sources[int(i)] for i in res.search.best]
-    doc = ro.demos_document(runner, spec, chosen, method, ro.search_summary(res))
-    ro.write_demos(a.out, doc)
+    res, _ = ro.optimise_to_file(runner, spec, a.out, restart=a.restart, verbose=not a.quiet)
     s = res.search
     n_valid = f"{len(res.train)}+{len(res.holdout)}"
     print(f"{spec.dataset} · {spec.model} · k={spec.k} · pool {spec.n_pool} · {n_valid} validation users")

@@ -471,6 +471,10 @@ class GridSizes:
     reader_datasets: tuple[str, ...] = ("ml-100k", "amazon-beauty")
     #: rows of the reader's own Effect_D selectors, plain and robust (reader-effect, reader-robust-effect)
     reader_effect_k: int | None = None
+    #: a row of the two-stage optimiser's global set for the reader (selector ``two-stage``, k and sizes
+    #: from ``.robust.opt_*``); it needs ``n_users`` test users kept out of its validation users, so none
+    #: runs when ``n_users`` is None (every user is a test user)
+    reader_two_stage: bool = False
 
     def validate(self) -> GridSizes:
         if not self.datasets or not self.models:
@@ -570,7 +574,8 @@ _PROFILES = {
         grid=GridSizes(datasets=_ALL_DATASETS, models=("smollm2-135m", "gemma3-270m"),
                        llm_methods=_ALL_SELECTORS, other_model_methods=("zero-shot",),
                        effect_datasets=("amazon-games", "ml-100k"), icl_datasets=None,
-                       n_users=_FULL_USERS, reader_datasets=_ALL_DATASETS, reader_effect_k=16),
+                       n_users=_FULL_USERS, reader_datasets=_ALL_DATASETS, reader_effect_k=16,
+                       reader_two_stage=True),
     ),
     "gpu": Profile(
         "gpu",

@@ -6,7 +6,9 @@ per task, every task independent.
 * **test** tasks make the rows of one table per dataset, all on the same first ``n_users`` test users of
   the seeded order and the same saved candidates (so every pair of rows is a paired comparison):
   the LLM selectors per model (k = 0 for zero-shot), the Effect_D selectors, the non-LLM references, and
-  the trained reader of chapter 2b at k = 0 and at every (selector, k) of its profile;
+  the trained reader of chapter 2b at k = 0, at every (selector, k) of its profile, with its own Effect_D
+  (plain and robust) and with the two-stage optimiser's global set (``two-stage``, chosen on validation
+  users);
 * **valid** tasks make the choices, on validation users only: the LLM score variant (chapter 2's
   :meth:`~lrgd.rec.runner.Runner.validation_variant`) and the reader's (selector, k).
 
@@ -136,6 +138,13 @@ def grid_tasks(profile: str, seed: int = 0) -> list[GridTask]:
                     cfg = EvalConfig(name, method, k, n_users=n, split=split, model=G.reader, seed=seed,
                                      guard="own", params=params)  # fmt: skip
                     (valid if split == "valid" else test).append(GridTask(cfg, split, "reader"))
+            if G.reader_two_stage and G.n_users is not None:  # chosen on validation users: a test row only
+                params = {"pool": rb.opt_pool, "valid_users": rb.opt_valid_users, "test_users": G.n_users,
+                          "max_iters": rb.opt_max_iters, "max_moves": rb.opt_max_moves,
+                          "patience": rb.opt_patience}  # fmt: skip
+                cfg = EvalConfig(name, "two-stage", rb.opt_k, n_users=G.n_users, model=G.reader, seed=seed,
+                                 guard="own", params=params)  # fmt: skip
+                test.append(GridTask(cfg, "test", "reader"))
     return valid + test
 
 

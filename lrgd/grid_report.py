@@ -62,7 +62,7 @@ BETTER, WORSE = "▲", "▼"
 ON_TEST = "†"
 REFERENCES = "references"
 #: reader selectors shown as rows of their own (besides k = 0 and the best (selector, k))
-SHOWN_READER_METHODS = ("reader-effect", "reader-robust-effect")
+SHOWN_READER_METHODS = ("reader-effect", "reader-robust-effect", "two-stage")
 #: the last column: the paired difference from the group's baseline
 COMPARE = f"Δ{METRIC} vs baseline [95% CI], Holm p"
 #: the dtype of each profile's published LLM results (part of their keys): CPU runs use float32, the
@@ -85,6 +85,7 @@ METHOD_LABELS = {
     "effect-global": "Effect_D global",
     "reader-effect": "Effect_D per user",
     "reader-robust-effect": "robust Effect_D per user",
+    "two-stage": "two-stage optimiser (one global set)",
     "ref-popularity": "popularity",
     "ref-bm25": "BM25",
     "ref-markov": "Markov",

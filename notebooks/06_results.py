@@ -105,7 +105,9 @@ if compute and missing:
 # of anonymised items, at $k = 0$, at the (selector, $k$) with the best NDCG@10 on validation users,
 # and, where the profile runs them, with demonstrations ranked by its own Effect_D (chapter 2b, §2b.5)
 # and by chapter 4's robust score of it (the mean minus λ times the spread of Effect_D over perturbed
-# copies of each candidate, §4.5; our reconstruction).
+# copies of each candidate, §4.5; our reconstruction), and with the two-stage optimiser's one global set
+# of demonstrations, chosen on validation users kept apart from these test users (§4.8; our
+# reconstruction).
 # **Columns**: the mean over test users with its 95% bootstrap interval; bold marks the best mean of a
 # column, underline the second. The last column compares each row with its group's **baseline** — the
 # best row without demonstrations (the group's own $k = 0$ row or a reference) — on the same users:

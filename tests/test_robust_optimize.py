@@ -338,3 +338,41 @@ def test_the_pool_covers_popular_items_and_never_the_evaluated_users(runner) -> 
     top = sorted({seq[u][c - 1] for u in seq if u not in excl for c in range(1, len(seq[u]))},
                  key=lambda i: (-pop[i], i))[:5]  # fmt: skip
     assert anchors == top
+
+
+def test_the_two_stage_selector_is_the_optimize_commands_set(data, tmp_path, capsys) -> None:
+    """``--method two-stage`` optimises on first use with the sizes in its parameters and shows the same set
+    as ``python -m lrgd optimize`` with those sizes (same demonstrations, same per-user ranks as
+    ``optimized`` on that file); its file under results/<profile>/optimized/ serves a second runner, which
+    optimises nothing; test users beyond ``test_users`` are refused in one line."""
+    params = {"pool": 8, "valid_users": 8, "test_users": 6, "max_iters": 3, "max_moves": 6, "patience": 1}
+    spec = replace(SPEC, max_iters=3, max_moves=6, patience=1)
+    first = patched_runner(data, tmp_path / "res")
+    cfg = replace(spec.cfg("test", "two-stage", 2, **params), n_users=6).validate()
+    res = first.run(cfg)
+    (written,) = (tmp_path / "res" / "ci" / "optimized" / DATASET).glob("two-stage-*.json")
+    doc = ro.read_demos(written)
+    assert (
+        doc["k"] == 2
+        and doc["method"] == "two-stage"
+        and doc["config"] == json.loads(json.dumps(spec.__dict__))
+    )
+
+    ro.optimise_to_file(patched_runner(data, tmp_path / "res2"), spec, tmp_path / "cli.json")
+    cli = ro.read_demos(tmp_path / "cli.json")
+    assert ro.file_demos(cli) == ro.file_demos(doc)  # the optimize command's set
+    other = patched_runner(data, tmp_path / "res")
+    other_cfg = replace(
+        spec.cfg("test", "optimized", 2, demos=str(tmp_path / "cli.json")), n_users=6
+    ).validate()
+    assert other.run(other_cfg)["ranks"] == res["ranks"]  # the same prompts, the same ranks
+
+    again = patched_runner(data, tmp_path / "res")
+    again.trained = None  # would fail if the set were optimised again (the file serves it)
+    assert ro.file_demos(again.memo(("probe",), lambda: ro.optimised_document(again, spec))) == ro.file_demos(
+        doc
+    )
+
+    wide = replace(cfg, n_users=7)
+    with pytest.raises(ConfigError, match=r"--users ≤ 6"):
+        first.run(wide)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -418,6 +419,70 @@ def optimize(
     )
     return Optimized(spec, sources, train, hold, scores, start, search, obj.passes, state["stage1_passes"],
                      obj.guarded, obj)  # fmt: skip
+
+
+def optimise_ident(runner, spec: OptimizeSpec) -> dict:
+    """What a saved state or demonstration file of ``spec`` must match: the spec, the profile, the data,
+    the weights and the code (the state's memo holds the model's losses, so their code is part of it)."""
+    from lrgd.results import code_hash
+
+    return {
+        "spec": asdict(spec),
+        "profile": runner.profile.name,
+        "data": runner.data(spec.dataset).fingerprint,
+        "weights": runner.model_source(spec.model)[1],
+        "code": code_hash(
+            "lrgd.robust.optimise", "lrgd.robust.runner_objective", *runner.code_modules(spec.cfg("valid"))
+        ),
+    }
+
+
+def optimise_to_file(
+    runner, spec: OptimizeSpec, out: str | Path, restart: bool = False, verbose: bool = False
+) -> tuple[Optimized, dict]:
+    """Run (or resume) :func:`optimize` and write its demonstration file ``out`` → (result, document).
+
+    The state goes atomically to ``<out>.state.json`` after stage 1 and after every stage-2 iteration; a
+    state of the same :func:`optimise_ident` is resumed (identical result), one of another is refused in
+    one line unless ``restart``."""
+    ident = optimise_ident(runner, spec)
+    path = Path(str(out) + ".state.json")
+    state = None
+    if path.is_file() and not restart:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{path}: unreadable state file; rerun with --restart to start over") from None
+        if saved.get("ident") != ident:
+            diff = sorted(k for k in ident if saved.get("ident", {}).get(k) != ident[k])
+            raise ConfigError(
+                f"{path} was written by other arguments ({', '.join(diff)} differ); rerun with the same "
+                "arguments to resume, or add --restart to start over"
+            )
+        state = saved["state"]
+        it = state.get("search", {}).get("iteration", 0)
+        print(f"resuming from {path} (stage 2 iteration {it})", file=sys.stderr)
+    save = lambda st: write_json(path, {"ident": ident, "state": st})  # noqa: E731
+    res = optimize(runner, spec, state, on_state=save, verbose=verbose)
+    method = "two-stage" if spec.collapse_guard else "two-stage-unguarded"
+    chosen = [res.sources[int(i)] for i in res.search.best]
+    doc = demos_document(runner, spec, chosen, method, search_summary(res))
+    write_demos(Path(out), doc)
+    return res, doc
+
+
+def optimised_document(runner, spec: OptimizeSpec) -> dict:
+    """The demonstration file of ``spec`` under ``<results>/<profile>/optimized/<dataset>/``, named by its
+    :func:`optimise_ident`: read when it exists, else optimised (resuming a stopped run) and written."""
+    model = Path(spec.model).name.replace(":", "-")
+    method = "two-stage" if spec.collapse_guard else "two-stage-unguarded"
+    name = f"{method}-{model}-k{spec.k}-{content_key(optimise_ident(runner, spec), 12)}"
+    out = runner.root / "optimized" / spec.dataset / f"{name}.json"
+    if out.is_file():
+        return read_demos(out)
+    doc = optimise_to_file(runner, spec, out)[1]
+    Path(str(out) + ".state.json").unlink(missing_ok=True)  # the file is written: its state is spent
+    return doc
 
 
 def _emit(state: dict, obj: RunnerObjective, on_state) -> None:

@@ -161,3 +161,53 @@ class OptimizedDemos:
         doc = read_demos(self.demos)  # cached per (path, size, mtime): one read per run
         self.check_config(cfg, doc)
         return selection_for(runner.pool(cfg), user, file_demos(doc))
+
+
+@register_selector("two-stage")
+class TwoStageDemos:
+    """The two-stage optimiser's global set (chapter 4 §4.8, our reconstruction) as a selector: the same k
+    demonstrations for every user, chosen on validation users by :func:`lrgd.robust.runner_objective.optimize`
+    on first use and kept (resumable) under ``results/<profile>/optimized/<dataset>/``, named by everything
+    the set depends on. ``python -m lrgd optimize`` with the same sizes writes the same set.
+
+    The optimiser keeps its validation users and its pool's sources out of the first ``test_users`` test
+    users, so only those may be evaluated (a larger ``--users`` is refused: it would score the users the
+    set was chosen on)."""
+
+    pool: int = field(default=40, metadata={"help": "candidate demonstrations M of stage 1"})
+    valid_users: int = field(default=60, metadata={"help": "validation users (half train, half held out)"})
+    test_users: int = field(default=200, metadata={"help": "first test users kept out of the optimisation"})
+    max_iters: int = field(default=6, metadata={"help": "stage-2 iterations"})
+    max_moves: int = field(default=48, metadata={"help": "swaps sampled per stage-2 iteration"})
+    patience: int = field(default=2, metadata={"help": "early stopping on the held-out validation users"})
+    collapse_guard: bool = field(default=True, metadata={"help": "early stopping and keep-best (the guard)"})
+    code: ClassVar[tuple[str, ...]] = ("lrgd.robust.runner_objective", "lrgd.robust.optimise")
+
+    def validate(self) -> None:
+        for name in ("pool", "valid_users", "test_users", "max_iters", "max_moves", "patience"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "max_iters" else 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+    def spec(self, cfg):
+        """The optimiser's :class:`~lrgd.robust.runner_objective.OptimizeSpec` for condition ``cfg``."""
+        from lrgd.robust.runner_objective import OptimizeSpec
+
+        return OptimizeSpec(
+            cfg.dataset, cfg.model, k=cfg.k, n_pool=self.pool, n_valid_users=self.valid_users,
+            n_test_users=self.test_users, max_iters=self.max_iters, max_moves=self.max_moves,
+            patience=self.patience, collapse_guard=self.collapse_guard, seed=cfg.seed, guard=cfg.guard,
+            history_len=cfg.history_len, n_candidates=cfg.n_candidates,
+        ).validate()  # fmt: skip
+
+    def select(self, runner, cfg, user, k, history) -> Selection:
+        from lrgd.robust.runner_objective import file_demos, optimised_document, selection_for
+
+        if cfg.split != "test" or cfg.n_users is None or cfg.n_users > self.test_users:
+            raise ConfigError(
+                f"two-stage chose its set on validation users outside the first {self.test_users} test "
+                f"users: evaluate it on --split test with --users ≤ {self.test_users} (or raise --test-users)"
+            )
+        spec = self.spec(cfg)
+        doc = runner.memo(("two-stage", spec, runner.profile.name), lambda: optimised_document(runner, spec))
+        return selection_for(runner.pool(cfg), user, file_demos(doc))
