@@ -49,7 +49,7 @@ from typing import NamedTuple
 from lrgd.config import get_profile, resolve_device, resolve_dtype, scheduler_address
 from lrgd.errors import ConfigError, LRGDError
 from lrgd.rec.conditions import EvalConfig
-from lrgd.results import atomic_write_text
+from lrgd.results import atomic_write_text, commit_weights, restore_weights
 
 __all__ = [
     "KINDS",
@@ -467,58 +467,17 @@ def weights_files(runner, tasks: Sequence[GridTask]) -> list[Path]:
     return out
 
 
-def _copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically (a temporary file renamed), creating ``dst``'s folder."""
-    import shutil
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
 def export_weights(runner, tasks: Sequence[GridTask]) -> list[Path]:
-    """Copy the trained models' weights from the cache to ``<root>/<profile>/models/`` and return the copies.
-
-    A trained reader costs hours of CPU at ``full``, and a cache lives on one machine: the final weights
-    (without the optimiser, about 2 MB) or, mid-training, the resumable checkpoint are committed with the
-    results, so another clone reuses or resumes them (:func:`import_weights`). A copy is named by the
-    weights key (training sizes, data, embedder, the trainer's source and seed), so it never stands in
-    for other weights."""
-    out = []
-    for path in weights_files(runner, tasks):
-        final, partial = (
-            runner.root / "models" / path.name,
-            runner.root / "models" / path.with_suffix(".partial").name,
-        )
-        if path.is_file():
-            if not final.is_file() or final.read_bytes() != path.read_bytes():
-                _copy(path, final)
-            partial.unlink(missing_ok=True)  # training finished: the checkpoint is obsolete
-        elif path.with_suffix(".partial").is_file():
-            _copy(path.with_suffix(".partial"), partial)
-        out += [f for f in (final, partial) if f.is_file()]
-    return out
+    """Copy the trained models' weights (or training checkpoint) of ``tasks`` from the cache to
+    ``<root>/<profile>/models/`` (:func:`lrgd.results.commit_weights`) and return the copies."""
+    return [f for path in weights_files(runner, tasks) for f in commit_weights(path, runner.root / "models")]
 
 
 def import_weights(runner, tasks: Sequence[GridTask]) -> list[Path]:
-    """Copy committed weights (:func:`export_weights`) into the cache where the cache has none; return the
-    cache files written. A committed checkpoint is copied only where the cache has no checkpoint either."""
-    out = []
-    for path in weights_files(runner, tasks):
-        final, partial = (
-            runner.root / "models" / path.name,
-            runner.root / "models" / path.with_suffix(".partial").name,
-        )
-        if path.is_file():
-            continue
-        if final.is_file():
-            _copy(final, path)
-            out.append(path)
-        elif partial.is_file() and not path.with_suffix(".partial").is_file():
-            _copy(partial, path.with_suffix(".partial"))
-            out.append(path.with_suffix(".partial"))
-    return out
+    """Copy committed weights of ``tasks``' trained models into a cache that has none
+    (:func:`lrgd.results.restore_weights`); return the cache files written."""
+    out = [restore_weights(path, runner.root / "models") for path in weights_files(runner, tasks)]
+    return [p for p in out if p is not None]
 
 
 def grid_files(

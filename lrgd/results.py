@@ -139,6 +139,72 @@ def atomic_write_npy(path: Path, array) -> Path:
     return atomic_write(path, write)
 
 
+# ----------------------------------------------------------------------------- trained weights, committed
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (a temporary file renamed), creating ``dst``'s folder."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def commit_weights(path: Path, models: Path) -> list[Path]:
+    """Copy trained weights from the cache (``path``; its resumable checkpoint is ``path`` with the suffix
+    ``.partial``) to the folder ``models`` (``results/<profile>/models/``), returning the copies there.
+
+    A cache lives on one machine, and a model trained at ``full`` costs CPU hours: the final weights, or
+    mid-training the checkpoint, are committed with the results, so another clone (the next session)
+    reuses or resumes them (:func:`restore_weights`). File names carry the weights key (sizes, data,
+    seed and the trainer's source), so a copy never stands in for other weights. A finished model's
+    committed checkpoint is deleted."""
+    final, partial = models / path.name, models / path.with_suffix(".partial").name
+    if path.is_file():
+        if not final.is_file() or final.read_bytes() != path.read_bytes():
+            _copy_file(path, final)
+        partial.unlink(missing_ok=True)
+    elif path.with_suffix(".partial").is_file():
+        _copy_file(path.with_suffix(".partial"), partial)
+    return [f for f in (final, partial) if f.is_file()]
+
+
+def restore_weights(path: Path, models: Path) -> Path | None:
+    """Copy committed weights (:func:`commit_weights`) from ``models`` into the cache file ``path`` where the
+    cache has none; a committed checkpoint only where the cache has no checkpoint either. Returns the
+    cache file written, or None."""
+    final, partial = models / path.name, models / path.with_suffix(".partial").name
+    if path.is_file():
+        return None
+    if final.is_file():
+        _copy_file(final, path)
+        return path
+    if partial.is_file() and not path.with_suffix(".partial").is_file():
+        _copy_file(partial, path.with_suffix(".partial"))
+        return path.with_suffix(".partial")
+    return None
+
+
+@contextlib.contextmanager
+def committed_weights(path: Path, profile: str) -> Iterator[None]:
+    """Around the load-or-train of the weights cached at ``path``: at a profile other than ``ci``, restore
+    a committed copy from ``results/<profile>/models/`` first and commit the weights after (so
+    ``git add results/<profile>/models`` carries them to another clone); at ``ci`` (minutes, retrained
+    by CI on every clean clone) nothing is copied.
+
+    >>> with committed_weights(td.weights_path(world, sizes, seed), "full"):  # doctest: +SKIP
+    ...     decoder = td.load_or_train(world, sizes, seed)
+    """
+    from lrgd.config import results_dir
+
+    models = results_dir(profile) / "models"
+    if profile != "ci":
+        restore_weights(path, models)
+    yield
+    if profile != "ci":
+        commit_weights(path, models)
+
+
 def write_json(path: Path, obj: object) -> Path:
     """Alias of :func:`atomic_write_json` (the name the notebooks use)."""
     return atomic_write_json(path, obj)

@@ -48,7 +48,7 @@ from IPython.display import Markdown, display
 from lrgd.checks import Checks
 from lrgd.config import get_profile, resolve_device, results_dir
 from lrgd.provenance import Provenance
-from lrgd.results import write_json
+from lrgd.results import committed_weights, write_json
 from lrgd.testbeds import icl_regression as icl
 from lrgd.testbeds import recworld as rw
 from lrgd.testbeds import tiny_decoder as td
@@ -374,7 +374,8 @@ checks.check(name, margin, 0.0, at_least=True, fmt="{:.3f}", tfmt="{:.3f}")
 # core (on the first execution; the training time is printed below).
 
 # %% tags=["nbval-ignore-output"]
-trained = td.load_or_train(world, dec, seed=seed, device=dev)
+with committed_weights(td.weights_path(world, dec, seed), profile):  # full: the weights travel with results/
+    trained = td.load_or_train(world, dec, seed=seed, device=dev)
 prov.set_model(
     "tiny-llama (trained here)",
     trained.path.name,

@@ -50,7 +50,7 @@ from lrgd.provenance import Provenance
 from lrgd.rec import report
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
-from lrgd.results import file_hash, write_json
+from lrgd.results import committed_weights, file_hash, write_json
 from lrgd.robust import real
 from lrgd.robust import testbed as rt
 from lrgd.robust import windows as rwin
@@ -65,7 +65,8 @@ checks = Checks()
 plt.rcParams.update({"figure.dpi": 110})
 torch.set_num_threads(1)  # the tiny decoder is fastest (and deterministic) on one thread
 base = rw.RecWorld.generate(prof.world, seed)
-decoder = td.load_or_train(base, prof.decoder, seed=seed, device="cpu")  # chapter 1b's decoder (cached)
+with committed_weights(td.weights_path(base, prof.decoder, seed), profile):  # chapter 1b's decoder (cached)
+    decoder = td.load_or_train(base, prof.decoder, seed=seed, device="cpu")
 runner = Runner(profile, dev, quiet=True, dtype=dtype)  # chapter 2's runner: the reader (§4.6b–4.8)
 reader = prof.reader.models[0]  # chapter 2b's trained in-context model
 print(f"profile={profile} dtype={runner.dtype} seed={seed} users={R.n_users} pool={R.n_pool} k={R.k}")

@@ -194,3 +194,35 @@ def test_cached_json_serves_only_its_own_key(tmp_path):
     blob = json.loads(path.read_text())
     path.write_text(json.dumps({**blob, "key": "0" * 16}))  # a stale entry with another key
     assert R.cached_json(path, parts, compute) == ({"value": 4}, False)
+
+
+def test_committed_weights_restore_then_commit(tmp_path, monkeypatch):
+    """At full, weights trained into an empty cache are copied to results/full/models/; a fresh cache gets
+    them back before the load (so nothing retrains); a checkpoint travels until the final file replaces it;
+    at ci nothing is copied either way."""
+    import lrgd.config as C
+
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
+    cache = tmp_path / "cache" / "testbeds" / "recworld-llama-abc.pt"
+    models = tmp_path / "results" / "full" / "models"
+    cache.parent.mkdir(parents=True)
+    with R.committed_weights(cache, "full"):
+        cache.with_suffix(".partial").write_bytes(b"step 100")  # interrupted mid-training
+    assert (models / "recworld-llama-abc.partial").read_bytes() == b"step 100"
+    with R.committed_weights(cache, "full"):
+        cache.write_bytes(b"weights")  # finished
+    assert (models / cache.name).read_bytes() == b"weights"
+    assert not (models / "recworld-llama-abc.partial").exists()
+
+    cache.unlink()
+    cache.with_suffix(".partial").unlink()
+    seen = []
+    with R.committed_weights(cache, "full"):
+        seen.append(cache.read_bytes())  # restored before the load
+    assert seen == [b"weights"]
+
+    cache.unlink()
+    with R.committed_weights(cache, "ci"):
+        assert not cache.exists()  # ci: never restored ...
+        cache.write_bytes(b"ci weights")
+    assert not (tmp_path / "results" / "ci" / "models").exists()  # ... nor committed
