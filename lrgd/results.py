@@ -396,18 +396,27 @@ def cached_json(path: Path, key_parts: dict, compute: Callable[[], object]) -> t
     with another key, or one that cannot be read as a cache entry, is recomputed and replaced
     (atomically: ``{"key", "key_parts", "result"}``).
     """
-    key = content_key(key_parts)
-    path = Path(path)
-    if path.is_file():
-        try:
-            blob = read_json(path)
-        except (ValueError, OSError):  # torn, corrupt or unreadable: a cache miss, not an error
-            blob = None
-        if isinstance(blob, dict) and blob.get("key") == key and "result" in blob:
-            return blob["result"], True
+    stored = read_cached(path, key_parts)
+    if stored is not None:
+        return stored, True
     result = compute()
-    atomic_write_json(path, {"key": key, "key_parts": key_parts, "result": result})
+    atomic_write_json(Path(path), {"key": content_key(key_parts), "key_parts": key_parts, "result": result})
     return result, False
+
+
+def read_cached(path: Path, key_parts: dict) -> object | None:
+    """The result :func:`cached_json` stored at ``path`` when its key is the key of ``key_parts``; None for a
+    missing file, another key, or a file that cannot be read as a cache entry. Computes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        blob = read_json(path)
+    except (ValueError, OSError):  # torn, corrupt or unreadable: a cache miss, not an error
+        return None
+    if isinstance(blob, dict) and blob.get("key") == content_key(key_parts) and "result" in blob:
+        return blob["result"]
+    return None
 
 
 def config_key(config: dict) -> str:

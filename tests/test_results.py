@@ -226,3 +226,13 @@ def test_committed_weights_restore_then_commit(tmp_path, monkeypatch):
         assert not cache.exists()  # ci: never restored ...
         cache.write_bytes(b"ci weights")
     assert not (tmp_path / "results" / "ci" / "models").exists()  # ... nor committed
+
+
+def test_read_cached_serves_only_the_current_key(tmp_path):
+    path = tmp_path / "t.json"
+    assert R.read_cached(path, {"a": 1}) is None  # missing
+    R.cached_json(path, {"a": 1}, lambda: {"x": 2})
+    assert R.read_cached(path, {"a": 1}) == {"x": 2}
+    assert R.read_cached(path, {"a": 2}) is None  # another key: never served, never computed
+    path.write_text("{torn")
+    assert R.read_cached(path, {"a": 1}) is None

@@ -35,7 +35,7 @@ from lrgd.demos import testbed_effect as tbe
 from lrgd.errors import ConfigError
 from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap
 from lrgd.progress import progress
-from lrgd.results import cached_json, code_hash
+from lrgd.results import cached_json, code_hash, read_cached
 from lrgd.robust import optimise as opt
 from lrgd.robust import perturb as pt
 from lrgd.testbeds import tiny_decoder as td
@@ -637,15 +637,29 @@ def _frame(blob: dict) -> pd.DataFrame:
     return df.set_index(blob["index"]) if blob["index"] else df
 
 
+def _tables_key(weights: str, prof, seed: int) -> dict:
+    """What the tables depend on: the profile sections used, the seed, the decoder's weights hash and the
+    code of :data:`CODE`."""
+    return {"robust": asdict(prof.robust), "world": asdict(prof.world), "decoder": asdict(prof.decoder),
+            "effect": asdict(prof.effect), "seed": seed, "weights": weights,
+            "code": code_hash(*CODE)}  # fmt: skip
+
+
 def chapter_tables(net, weights: str, prof, seed: int = 0) -> tuple[dict[str, pd.DataFrame], bool]:
     """Chapter 4's testbed tables and whether they came from the cache (``results/<profile>/robust/``),
-    keyed by the profile sections used, the seed, the decoder's weights hash and the code of :data:`CODE`."""
-    parts = {"robust": asdict(prof.robust), "world": asdict(prof.world), "decoder": asdict(prof.decoder),
-             "effect": asdict(prof.effect), "seed": seed, "weights": weights,
-             "code": code_hash(*CODE)}  # fmt: skip
+    keyed by :func:`_tables_key`."""
 
     def make() -> dict:
         return {k: _records(v) for k, v in _compute_tables(net, prof, seed).items()}
 
-    blob, hit = cached_json(results_dir(prof.name) / "robust" / "testbed-tables.json", parts, make)
+    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
+    blob, hit = cached_json(path, _tables_key(weights, prof, seed), make)
     return {k: _frame(v) for k, v in blob.items()}, hit
+
+
+def published_tables(weights: str, prof, seed: int = 0) -> dict[str, pd.DataFrame] | None:
+    """:func:`chapter_tables` of ``prof`` when ``results/<profile>/robust/`` holds them under the current key
+    (e.g. the committed ``full`` run, read by a ``ci`` page); None otherwise. Computes nothing."""
+    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
+    blob = read_cached(path, _tables_key(weights, prof, seed))
+    return None if blob is None else {k: _frame(v) for k, v in blob.items()}
