@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap, per_user_metrics
-from lrgd.results import cached_json, code_hash
+from lrgd.results import cached_json, code_hash, read_cached
 from lrgd.robust import runner_objective as ro
 
 METRICS = ("NDCG@10", "HR@10")
@@ -88,13 +88,17 @@ def _compute(runner, spec: ro.OptimizeSpec) -> dict:
     }  # fmt: skip
 
 
-def optimiser_run(runner, prof=None, seed: int = 0) -> tuple[dict, bool]:
-    """(the raw §4.8 result, from cache?): sets, per-user ranks and top 10s, curves, costs."""
+def optimiser_run(runner, prof=None, seed: int = 0, compute: bool = True) -> tuple[dict | None, bool]:
+    """(the raw §4.8 result, from cache?): sets, per-user ranks and top 10s, curves, costs; with
+    ``compute=False`` nothing is computed and a missing or stale result is (None, False)."""
     prof = prof or runner.profile
     spec = spec_for(prof, seed)
     key = {"spec": asdict(spec), "data": runner.data(spec.dataset).fingerprint,
            "weights": runner.model_source(spec.model)[1], "code": code_hash(*CODE)}  # fmt: skip
     path = runner.root / "robust" / f"optimiser-real-{spec.dataset}-s{seed}.json"
+    if not compute:
+        found = read_cached(path, key)
+        return found, found is not None
     return cached_json(path, key, lambda: _compute(runner, spec))
 
 

@@ -42,7 +42,7 @@ import pandas as pd
 
 from lrgd.errors import ConfigError, DataError
 from lrgd.metrics import bootstrap_ci, paired_bootstrap, per_user_metrics
-from lrgd.results import cached_json, code_hash, content_key
+from lrgd.results import cached_json, code_hash, content_key, read_cached
 from lrgd.robust import optimise as opt
 from lrgd.robust import runner_objective as ro
 
@@ -218,9 +218,12 @@ def timestamps_key(ds) -> str:
     return content_key([[u, ds.timestamps[u]] for u in sorted(ds.timestamps)])
 
 
-def window_study(runner, R, model: str, seed: int = 0, verbose: bool = False) -> tuple[dict, bool]:
+def window_study(
+    runner, R, model: str, seed: int = 0, verbose: bool = False, compute: bool = True
+) -> tuple[dict | None, bool]:
     """:func:`run_windows`, cached under ``results/<profile>/robust/`` by the sizes, seed, data (sequences,
-    titles and timestamps), the model's weights and the code. Returns (result, from_cache)."""
+    titles and timestamps), the model's weights and the code. Returns (result, from_cache); with
+    ``compute=False`` nothing is computed and a missing or stale result is (None, False)."""
     _check_sizes(R)
     st = runner.data(R.drift_dataset)
     require_timestamps(st.ds)
@@ -229,6 +232,9 @@ def window_study(runner, R, model: str, seed: int = 0, verbose: bool = False) ->
              "timestamps": timestamps_key(st.ds), "weights": runner.model_source(model)[1],
              "reader": repr(runner.reader_sizes(model)), "code": code_hash(*CODE)}  # fmt: skip
     path = runner.root / "robust" / f"windows-{R.drift_dataset}.json"
+    if not compute:
+        found = read_cached(path, parts)
+        return found, found is not None
     return cached_json(path, parts, lambda: run_windows(runner, R, model, seed, verbose))
 
 
