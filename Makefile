@@ -121,7 +121,8 @@ $(CHROMIUM):
 browser: book $(CHROMIUM)
 	$(BIN)/python scripts/check_book.py _build/html --chromium $(CHROMIUM)
 
-test: lint unit nbval browser
+# Chromium first: the unit tests drive it too (tests/test_check_book.py; at CI=true they require it)
+test: lint $(CHROMIUM) unit nbval browser
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
