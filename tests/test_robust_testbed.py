@@ -249,3 +249,52 @@ def test_bad_mu_and_eps_sizes_are_one_line_config_errors(bad) -> None:
     with pytest.raises(ConfigError) as err:
         replace(SIZES, **bad).validate()
     assert "\n" not in str(err.value)
+
+
+def test_chapter_tables_resume_after_an_interruption(tmp_path, monkeypatch) -> None:
+    """An interrupted run keeps the tables it finished (one part file each); the rerun computes only the
+    missing ones, returns what an uninterrupted run returns and removes the parts."""
+    import pandas as pd
+
+    from lrgd.config import get_profile
+
+    monkeypatch.setattr(rt, "results_dir", lambda profile: tmp_path / profile)
+    calls: list[str] = []
+    fail = {"b"}
+
+    def maker(name: str, value: float):
+        def make() -> pd.DataFrame:
+            calls.append(name)
+            if name in fail:
+                raise KeyboardInterrupt  # the run stops here
+            return pd.DataFrame({"v": [value]})
+
+        return make
+
+    makers = {"a": maker("a", 1.0), "b": maker("b", 2.0), "c": maker("c", 3.0)}
+    monkeypatch.setattr(rt._Tables, "makers", lambda self: makers)
+    prof = get_profile("ci")
+    with pytest.raises(KeyboardInterrupt):
+        rt.chapter_tables(None, "w", prof)
+    parts = tmp_path / "ci" / "robust" / "testbed-tables.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["a.json"]
+    assert not (tmp_path / "ci" / "robust" / "testbed-tables.json").exists()  # never a half-written whole
+
+    fail.clear()
+    calls.clear()
+    tables, hit = rt.chapter_tables(None, "w", prof)
+    assert calls == ["b", "c"] and not hit  # "a" came from its part
+    assert {k: float(v["v"].iloc[0]) for k, v in tables.items()} == {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert not parts.exists()
+    calls.clear()
+    assert rt.chapter_tables(None, "w", prof)[1] and calls == []  # now the whole is cached
+
+    # a part stored under another key (other weights) is not served
+    fail.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        rt.chapter_tables(None, "other weights", prof)
+    assert (parts / "a.json").is_file()
+    fail.clear()
+    calls.clear()
+    rt.chapter_tables(None, "newer weights", prof)
+    assert calls == ["a", "b", "c"]

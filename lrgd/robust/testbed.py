@@ -21,9 +21,14 @@ without guards.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +40,7 @@ from lrgd.demos import testbed_effect as tbe
 from lrgd.errors import ConfigError
 from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap
 from lrgd.progress import progress
-from lrgd.results import cached_json, code_hash, read_cached
+from lrgd.results import atomic_write_json, cached_json, code_hash, content_key, read_cached
 from lrgd.robust import optimise as opt
 from lrgd.robust import perturb as pt
 from lrgd.testbeds import tiny_decoder as td
@@ -592,36 +597,73 @@ CODE = ("lrgd.robust", "lrgd.demos.effect", "lrgd.demos.effect_rank", "lrgd.demo
         "lrgd.testbeds", "lrgd.metrics")  # fmt: skip
 
 
+class _Tables:
+    """The chapter's testbed tables (sections 4.1–4.6), each computed on demand; the world, the study and the
+    chosen sets only when a table that needs them is still missing (so a resumed run skips them once the
+    tables that read them are stored)."""
+
+    KINDS = ("same", "other", "cluster", "flipped", "popular", "corrupted")
+
+    def __init__(self, net, prof, seed: int):
+        self.net, self.prof, self.r, self.seed = net, prof, prof.robust, seed
+
+    @functools.cached_property
+    def world(self) -> RecWorld:
+        return refit_world(self.prof.world, self.r, self.seed)
+
+    @functools.cached_property
+    def variants(self):
+        return tbe.effect_variants(self.net, self.world, self.r.variant_users, self.prof.effect.testbed_pool,
+                                   self.seed)  # fmt: skip
+
+    @functools.cached_property
+    def study(self) -> Study:
+        return build_study(self.net, self.world, self.r, self.seed)
+
+    @functools.cached_property
+    def chosen(self) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+        return choose(self.study)
+
+    def comparisons(self) -> pd.DataFrame:
+        st, (sets, _) = self.study, self.chosen
+        robust = f"robust Effect_D top-k (λ = {self.r.lam:g})"
+        pairs_of = {"guarded − unguarded": ("two-stage (guarded)", "two-stage (no guards)"),
+                    "guarded − stage 1": ("two-stage (guarded)", "Effect_D top-k (stage 1)"),
+                    "robust − plain Effect_D": (robust, "Effect_D top-k (stage 1)")}  # fmt: skip
+        return pd.DataFrame({k: paired(st, sets[a], sets[b]) for k, (a, b) in pairs_of.items()}).T
+
+    def sweep(self) -> int:  # the first users are those of the stage-2 μ and ε sweeps
+        return min(self.r.sweep_users, self.study.n)
+
+    def makers(self) -> dict[str, Callable[[], pd.DataFrame]]:
+        """Table name → how to compute it, in the chapter's order."""
+        r, seed = self.r, self.seed
+        return {
+            "info": lambda: information_table(self.world, r.n_users * 10, seed),
+            "observer": lambda: observer_table(self.net, self.world, r.n_users * 5, 6, self.KINDS, seed),
+            "variants": lambda: tbe.variants_table(self.variants, seed=seed).assign(
+                source=self.variants.valid_source
+            ),
+            "pairs": lambda: pair_interactions(self.study, r.pair_users),
+            "methods": lambda: method_table(self.study, self.chosen[0]),
+            "collapse unguarded": lambda: collapse_curves(self.study, self.chosen[1]["unguarded"]),
+            "collapse guarded": lambda: collapse_curves(self.study, self.chosen[1]["guarded"]),
+            "comparisons": self.comparisons,
+            "popularity": lambda: popularity_table(self.study, self.chosen[0]),
+            "mu": lambda: mu_tradeoff(self.study, self.sweep(), self.chosen[1]["guarded"]),
+            "trust": lambda: pd.concat(
+                [trust_tradeoff(self.study, self.sweep(), self.chosen[1]["unguarded"], a) for a in AROUND],
+                ignore_index=True,
+            ),
+            "perturbation": lambda: perturbation_curves(self.study, self.chosen[0], r.perturbations, r.rates),
+            "lambda": lambda: lam_tradeoff(self.study),
+            "drift": lambda: drift_study(self.net, self.prof.world, r, seed),
+        }
+
+
 def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
-    """Every testbed table of chapter 4 (sections 4.1–4.6), computed."""
-    r = prof.robust
-    world = refit_world(prof.world, r, seed)
-    t = {"info": information_table(world, r.n_users * 10, seed)}
-    kinds = ("same", "other", "cluster", "flipped", "popular", "corrupted")
-    t["observer"] = observer_table(net, world, r.n_users * 5, 6, kinds, seed)
-    ev = tbe.effect_variants(net, world, r.variant_users, prof.effect.testbed_pool, seed)
-    t["variants"] = tbe.variants_table(ev, seed=seed).assign(source=ev.valid_source)
-    st = build_study(net, world, r, seed)
-    t["pairs"] = pair_interactions(st, r.pair_users)
-    sets, searches = choose(st)
-    t["methods"] = method_table(st, sets)
-    for g in ("unguarded", "guarded"):
-        t[f"collapse {g}"] = collapse_curves(st, searches[g])
-    robust = f"robust Effect_D top-k (λ = {r.lam:g})"
-    pairs_of = {"guarded − unguarded": ("two-stage (guarded)", "two-stage (no guards)"),
-                "guarded − stage 1": ("two-stage (guarded)", "Effect_D top-k (stage 1)"),
-                "robust − plain Effect_D": (robust, "Effect_D top-k (stage 1)")}  # fmt: skip
-    t["comparisons"] = pd.DataFrame({k: paired(st, sets[a], sets[b]) for k, (a, b) in pairs_of.items()}).T
-    t["popularity"] = popularity_table(st, sets)
-    sweep = min(r.sweep_users, st.n)  # the first users are those of the stage-2 μ and ε sweeps
-    t["mu"] = mu_tradeoff(st, sweep, searches["guarded"])
-    t["trust"] = pd.concat(
-        [trust_tradeoff(st, sweep, searches["unguarded"], a) for a in AROUND], ignore_index=True
-    )
-    t["perturbation"] = perturbation_curves(st, sets, r.perturbations, r.rates)
-    t["lambda"] = lam_tradeoff(st)
-    t["drift"] = drift_study(net, prof.world, r, seed)
-    return t
+    """Every testbed table of chapter 4 (sections 4.1–4.6), computed (no cache)."""
+    return {name: make() for name, make in _Tables(net, prof, seed).makers().items()}
 
 
 def _records(df: pd.DataFrame) -> dict:
@@ -645,15 +687,37 @@ def _tables_key(weights: str, prof, seed: int) -> dict:
             "code": code_hash(*CODE)}  # fmt: skip
 
 
+def _parts_dir(profile: str) -> Path:
+    """Where an unfinished run keeps the tables it has computed (one file each, keyed like the whole)."""
+    return results_dir(profile) / "robust" / "testbed-tables.parts"
+
+
 def chapter_tables(net, weights: str, prof, seed: int = 0) -> tuple[dict[str, pd.DataFrame], bool]:
     """Chapter 4's testbed tables and whether they came from the cache (``results/<profile>/robust/``),
-    keyed by :func:`_tables_key`."""
+    keyed by :func:`_tables_key`.
+
+    Resumable: each table is stored under ``testbed-tables.parts/`` (with the same key) as soon as it is
+    computed, so an interrupted run (the ``full`` one takes hours) continues with the missing tables; the
+    parts are removed once the whole is written. A part's file also records its compute seconds."""
+    key = _tables_key(weights, prof, seed)
+    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
+    parts = _parts_dir(prof.name)
 
     def make() -> dict:
-        return {k: _records(v) for k, v in _compute_tables(net, prof, seed).items()}
+        out, makers = {}, _Tables(net, prof, seed).makers()
+        for name in progress(makers, "chapter 4 testbed tables", total=len(makers)):
+            part = parts / f"{name.replace(' ', '-')}.json"
+            stored = read_cached(part, key)
+            if stored is None:
+                t0 = time.perf_counter()
+                stored = {"table": _records(makers[name]()), "seconds": round(time.perf_counter() - t0, 1)}
+                atomic_write_json(part, {"key": content_key(key), "key_parts": key, "result": stored})
+            out[name] = stored["table"]
+        return out
 
-    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
-    blob, hit = cached_json(path, _tables_key(weights, prof, seed), make)
+    blob, hit = cached_json(path, key, make)
+    if parts.is_dir():
+        shutil.rmtree(parts)
     return {k: _frame(v) for k, v in blob.items()}, hit
 
 
