@@ -739,7 +739,8 @@ if profile == "full":
     display(Markdown("This page is the `full` run: the tables above are its tables."))
 elif FT is None:
     display(Markdown("No `full` run of the testbed tables is committed for the current code and "
-                     "configuration; `make book PROFILE=full` computes it (hours on one core)."))  # fmt: skip
+                     "configuration; `python scripts/full_robust.py --part testbed` computes it (hours on one core; "
+                     "resumable, table by table)."))  # fmt: skip
 else:
     F = full.robust
     show(FT["methods"].rename_axis(None), "full-methods", f"full profile: test NDCG@10, {F.n_users} users, "
