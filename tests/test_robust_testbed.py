@@ -298,3 +298,17 @@ def test_chapter_tables_resume_after_an_interruption(tmp_path, monkeypatch) -> N
     calls.clear()
     rt.chapter_tables(None, "newer weights", prof)
     assert calls == ["a", "b", "c"]
+
+
+def test_full_robust_script_names_a_bad_profile(capsys) -> None:
+    """scripts/full_robust.py: an unknown profile is one line naming it (exit status 2), nothing computed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "full_robust.py"
+    spec = importlib.util.spec_from_file_location("full_robust", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--profile", "nope", "--part", "testbed"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nope" in err[0]
