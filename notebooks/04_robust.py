@@ -730,7 +730,7 @@ display(Markdown(
 # computed under the current code, configuration, data and weights (the weights are committed in
 # `results/full/models/`). Nothing is computed here; a part not committed says so.
 
-# %%
+# %% tags=["hide-input"]
 full = get_profile("full")
 full_weights = results_dir("full") / "models" / td.weights_path(rw.RecWorld.generate(full.world, seed),
                                                                  full.decoder, seed).name  # fmt: skip
@@ -763,7 +763,7 @@ if FT is not None and profile != "full":
         f"{fp.loc['zero-shot', 'coverage@10']:.3f} for zero-shot."
     ))  # fmt: skip
 
-# %%
+# %% tags=["hide-input"]
 if profile != "full":
     full_runner = Runner("full", dev, quiet=True, dtype=dtype)
     full_reader = full.reader.models[0]
