@@ -50,7 +50,7 @@ from lrgd.provenance import Provenance
 from lrgd.rec import report
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
-from lrgd.results import committed_weights, file_hash, write_json
+from lrgd.results import committed_weights, file_hash, read_cached_dir, write_json
 from lrgd.robust import real
 from lrgd.robust import testbed as rt
 from lrgd.robust import windows as rwin
@@ -735,33 +735,52 @@ full = get_profile("full")
 full_weights = results_dir("full") / "models" / td.weights_path(rw.RecWorld.generate(full.world, seed),
                                                                  full.decoder, seed).name  # fmt: skip
 FT = rt.published_tables(file_hash(full_weights, 16), full, seed) if full_weights.is_file() else None
+n_tables = len(rt._Tables(None, full, seed).makers())
+if FT is None and full_weights.is_file():  # an unfinished (resumable) run: the tables it has stored so far
+    done = read_cached_dir(rt._parts_dir("full"), rt._tables_key(file_hash(full_weights, 16), full, seed))
+    FT = {name.replace("-", " "): rt._frame(v["table"]) for name, v in done.items()} or None
 if profile == "full":
     display(Markdown("This page is the `full` run: the tables above are its tables."))
-elif FT is None:
+elif FT is None or "methods" not in FT:
     display(Markdown("No `full` run of the testbed tables is committed for the current code and "
                      "configuration; `python scripts/full_robust.py --part testbed` computes it (hours on one core; "
                      "resumable, table by table)."))  # fmt: skip
+    FT = None
 else:
     F = full.robust
+    if len(FT) < n_tables:
+        display(Markdown(f"The `full` run is unfinished: {len(FT)} of its {n_tables} tables are committed "
+                         "(`python scripts/full_robust.py --part testbed` resumes it). Its main tables:"))  # fmt: skip
     show(FT["methods"].rename_axis(None), "full-methods", f"full profile: test NDCG@10, {F.n_users} users, "
          f"k = {F.k}, pool of {F.n_pool}; Δ paired with zero-shot; p: sign-flip permutation, Holm over the table",
          formats={"p": format_p, "p (Holm)": format_p})  # fmt: skip
-    show(FT["popularity"].rename_axis(None)[["NDCG@10", "coverage@10", "Gini@10", "KL from zero-shot"]],
-         "full-popularity", f"full profile: popularity of the top-10 lists, {F.n_users} test users")  # fmt: skip
+    if "comparisons" in FT:
+        show(FT["comparisons"].rename_axis(None), "full-comparisons", f"full profile: paired differences in "
+             f"test NDCG@10, {F.n_users} users (95% CI, sign-flip p)", formats={"p": format_p})  # fmt: skip
+    if "popularity" in FT:
+        show(FT["popularity"].rename_axis(None)[["NDCG@10", "coverage@10", "Gini@10", "KL from zero-shot"]],
+             "full-popularity", f"full profile: popularity of the top-10 lists, {F.n_users} test users")  # fmt: skip
 
 # %% tags=["remove-input"]
 if FT is not None and profile != "full":
-    fm, fp = FT["methods"], FT["popularity"]
+    fm = FT["methods"]
     two_f, free_f = fm.loc["two-stage (guarded)"], fm.loc["two-stage (no guards)"]
     sig = lambda r: ("beats zero-shot" if r["Δ lo"] > 0 else "falls below zero-shot" if r["Δ hi"] < 0  # noqa: E731
                      else "does not differ reliably from zero-shot")  # fmt: skip
-    display(Markdown(
-        f"**Reading (full).** With {full.robust.n_users} test users, the guarded two-stage optimiser "
-        f"{sig(two_f)} (Δ NDCG@10 {ci(two_f['Δ vs zero-shot'], two_f['Δ lo'], two_f['Δ hi'])}); without its guards it "
-        f"{sig(free_f)} ({ci(free_f['Δ vs zero-shot'], free_f['Δ lo'], free_f['Δ hi'])}). Catalogue coverage@10 of the "
-        f"guarded sets is {fp.loc['two-stage (guarded)', 'coverage@10']:.3f} against "
-        f"{fp.loc['zero-shot', 'coverage@10']:.3f} for zero-shot."
-    ))  # fmt: skip
+    text = (f"**Reading (full).** With {full.robust.n_users} test users, the guarded two-stage optimiser "
+            f"{sig(two_f)} (Δ NDCG@10 {ci(two_f['Δ vs zero-shot'], two_f['Δ lo'], two_f['Δ hi'])}); without its "
+            f"guards it {sig(free_f)} ({ci(free_f['Δ vs zero-shot'], free_f['Δ lo'], free_f['Δ hi'])}).")  # fmt: skip
+    if "comparisons" in FT:
+        fc = FT["comparisons"]
+        diff = lambda r: "higher" if r["lo"] > 0 else "lower" if r["hi"] < 0 else "not reliably different"  # noqa: E731
+        g1, gu = fc.loc["guarded − stage 1"], fc.loc["guarded − unguarded"]
+        text += (f" Against stage 1 alone its test NDCG@10 is {diff(g1)} ({ci(g1['diff'], g1['lo'], g1['hi'])}), "
+                 f"and against the unguarded search {diff(gu)} ({ci(gu['diff'], gu['lo'], gu['hi'])}).")  # fmt: skip
+    if "popularity" in FT:
+        fp = FT["popularity"]
+        text += (f" Catalogue coverage@10 of the guarded sets is {fp.loc['two-stage (guarded)', 'coverage@10']:.3f} "
+                 f"against {fp.loc['zero-shot', 'coverage@10']:.3f} for zero-shot.")  # fmt: skip
+    display(Markdown(text))
 
 # %% tags=["hide-input"]
 if profile != "full":
