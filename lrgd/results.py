@@ -419,17 +419,6 @@ def read_cached(path: Path, key_parts: dict) -> object | None:
     return None
 
 
-def read_cached_dir(folder: Path, key_parts: dict) -> dict[str, object]:
-    """Every result stored in ``folder/*.json`` (by :func:`cached_json` or in its format) under the key of
-    ``key_parts``, by file stem; files under another key, or unreadable, are left out. Computes nothing
-    (e.g. the tables an unfinished resumable run has stored so far)."""
-    folder = Path(folder)
-    found = (
-        {p.stem: read_cached(p, key_parts) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
-    )
-    return {k: v for k, v in found.items() if v is not None}
-
-
 def config_key(config: dict) -> str:
     """Alias of :func:`content_key` with 16 hex digits (the name chapter 3 used)."""
     return content_key(config)

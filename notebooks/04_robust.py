@@ -51,7 +51,7 @@ from lrgd.provenance import Provenance
 from lrgd.rec import report
 from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
-from lrgd.results import committed_weights, file_hash, read_cached_dir, write_json
+from lrgd.results import committed_weights, file_hash, write_json
 from lrgd.robust import real
 from lrgd.robust import testbed as rt
 from lrgd.robust import windows as rwin
@@ -753,18 +753,15 @@ display(Markdown(optimiser_reading(raw, opt_table)))
 full = get_profile("full")
 full_weights = results_dir("full") / "models" / td.weights_path(rw.RecWorld.generate(full.world, seed),
                                                                  full.decoder, seed).name  # fmt: skip
-FT = rt.published_tables(file_hash(full_weights, 16), full, seed) if full_weights.is_file() else None
-n_tables = len(rt._Tables(None, full, seed).makers())
-if FT is None and full_weights.is_file():  # an unfinished (resumable) run: the tables it has stored so far
-    done = read_cached_dir(rt._parts_dir("full"), rt._tables_key(file_hash(full_weights, 16), full, seed))
-    FT = {name.replace("-", " "): rt._frame(v["table"]) for name, v in done.items()} or None
+FT = rt.stored_tables(file_hash(full_weights, 16), full, seed) if full_weights.is_file() else {}
+n_tables = len(rt.table_names(full, seed))  # an unfinished (resumable) run shows the tables it has stored
 if profile == "full":
     display(Markdown("This page is the `full` run: the tables above are its tables."))
-elif FT is None or "methods" not in FT:
+elif "methods" not in FT:
     display(Markdown("No `full` run of the testbed tables is committed for the current code and "
                      "configuration; `python scripts/full_robust.py --part testbed` computes it (hours on one core; "
                      "resumable, table by table)."))  # fmt: skip
-    FT = None
+    FT = {}
 else:
     F = full.robust
     if len(FT) < n_tables:
@@ -781,7 +778,7 @@ else:
              "full-popularity", f"full profile: popularity of the top-10 lists, {F.n_users} test users")  # fmt: skip
 
 # %% tags=["remove-input"]
-if FT is not None and profile != "full":
+if "methods" in FT and profile != "full":
     fm = FT["methods"]
     two_f, free_f = fm.loc["two-stage (guarded)"], fm.loc["two-stage (no guards)"]
     sig = lambda r: ("beats zero-shot" if r["Δ lo"] > 0 else "falls below zero-shot" if r["Δ hi"] < 0  # noqa: E731

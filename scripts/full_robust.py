@@ -1,6 +1,8 @@
 """Chapter 4's results at a profile, computed outside the notebook (the ``full`` run takes hours).
 
     python scripts/full_robust.py --profile full --part testbed     # §4.1–4.6 (resumable per table)
+    python scripts/full_robust.py --profile full --part testbed --tables drift   # only those tables
+                                  # (processes may share the tables out; the one completing the set writes it)
     python scripts/full_robust.py --profile full --part windows     # §4.6b, ml-100k calendar windows
     python scripts/full_robust.py --profile full --part optimiser   # §4.8, the optimiser on real data
 
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=("testbed", "windows", "optimiser"), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--tables", default="", help="--part testbed: only these tables (comma-separated, e.g. "
+                    "'drift,trust'; default: every table; a wrong name lists them)")  # fmt: skip
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -42,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             base = rw.RecWorld.generate(prof.world, a.seed)
             with committed_weights(td.weights_path(base, prof.decoder, a.seed), a.profile):
                 decoder = td.load_or_train(base, prof.decoder, seed=a.seed, device="cpu")
-            _, hit = rt.chapter_tables(decoder.model, file_hash(decoder.path, 16), prof, a.seed)
+            only = [t.strip().replace("-", " ") for t in a.tables.split(",") if t.strip()] or None
+            tables, hit = rt.chapter_tables(decoder.model, file_hash(decoder.path, 16), prof, a.seed, only)
+            n_all = len(rt.table_names(prof, a.seed))
+            print(f"testbed tables stored at {a.profile}: {len(tables)} of {n_all}")
         else:
             from lrgd.rec.runner import Runner
 

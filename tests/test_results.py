@@ -236,15 +236,3 @@ def test_read_cached_serves_only_the_current_key(tmp_path):
     assert R.read_cached(path, {"a": 2}) is None  # another key: never served, never computed
     path.write_text("{torn")
     assert R.read_cached(path, {"a": 1}) is None
-
-
-def test_read_cached_dir_serves_only_current_parts(tmp_path) -> None:
-    from lrgd.results import cached_json, read_cached_dir
-
-    key, other = {"a": 1}, {"a": 2}
-    cached_json(tmp_path / "x.json", key, lambda: [1])
-    cached_json(tmp_path / "y.json", other, lambda: [2])
-    (tmp_path / "z.json").write_text("{torn")
-    assert read_cached_dir(tmp_path, key) == {"x": [1]}
-    assert read_cached_dir(tmp_path, other) == {"y": [2]}
-    assert read_cached_dir(tmp_path / "missing", key) == {}

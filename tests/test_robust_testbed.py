@@ -254,25 +254,10 @@ def test_bad_mu_and_eps_sizes_are_one_line_config_errors(bad) -> None:
 def test_chapter_tables_resume_after_an_interruption(tmp_path, monkeypatch) -> None:
     """An interrupted run keeps the tables it finished (one part file each); the rerun computes only the
     missing ones, returns what an uninterrupted run returns and removes the parts."""
-    import pandas as pd
-
     from lrgd.config import get_profile
 
-    monkeypatch.setattr(rt, "results_dir", lambda profile: tmp_path / profile)
-    calls: list[str] = []
     fail = {"b"}
-
-    def maker(name: str, value: float):
-        def make() -> pd.DataFrame:
-            calls.append(name)
-            if name in fail:
-                raise KeyboardInterrupt  # the run stops here
-            return pd.DataFrame({"v": [value]})
-
-        return make
-
-    makers = {"a": maker("a", 1.0), "b": maker("b", 2.0), "c": maker("c", 3.0)}
-    monkeypatch.setattr(rt._Tables, "makers", lambda self: makers)
+    calls = _fake_tables(monkeypatch, tmp_path, fail)
     prof = get_profile("ci")
     with pytest.raises(KeyboardInterrupt):
         rt.chapter_tables(None, "w", prof)
@@ -298,6 +283,66 @@ def test_chapter_tables_resume_after_an_interruption(tmp_path, monkeypatch) -> N
     calls.clear()
     rt.chapter_tables(None, "newer weights", prof)
     assert calls == ["a", "b", "c"]
+
+
+def _fake_tables(monkeypatch, tmp_path, fail: set[str]) -> list[str]:
+    """chapter_tables with three cheap tables a, b, c under ``tmp_path``; a name in ``fail`` interrupts the
+    run there. Returns the list of names computed (appended as they are)."""
+    import pandas as pd
+
+    monkeypatch.setattr(rt, "results_dir", lambda profile: tmp_path / profile)
+    calls: list[str] = []
+
+    def maker(name: str, value: float):
+        def make() -> pd.DataFrame:
+            calls.append(name)
+            if name in fail:
+                raise KeyboardInterrupt  # the run stops here
+            return pd.DataFrame({"v": [value]})
+
+        return make
+
+    makers = {"a": maker("a", 1.0), "b": maker("b", 2.0), "c": maker("c", 3.0)}
+    monkeypatch.setattr(rt._Tables, "makers", lambda self: makers)
+    return calls
+
+
+def test_chapter_tables_shared_out_between_runs(tmp_path, monkeypatch) -> None:
+    """``only`` computes just the named tables; until every part is stored a run returns what is stored
+    (stored_tables reads the same), and the run that completes the set writes the whole."""
+    from lrgd.config import get_profile
+
+    calls = _fake_tables(monkeypatch, tmp_path, set())
+    prof = get_profile("ci")
+    whole = tmp_path / "ci" / "robust" / "testbed-tables.json"
+    tables, hit = rt.chapter_tables(None, "w", prof, only=["b"])
+    assert calls == ["b"] and not hit and list(tables) == ["b"] and not whole.exists()
+    assert list(rt.stored_tables("w", prof)) == ["b"] and rt.stored_tables("other", prof) == {}
+    tables, _ = rt.chapter_tables(None, "w", prof, only=["a", "c"])
+    assert calls == ["b", "a", "c"] and list(tables) == ["a", "b", "c"] and whole.is_file()
+    assert not (tmp_path / "ci" / "robust" / "testbed-tables.parts").exists()
+    assert {k: float(v["v"].iloc[0]) for k, v in rt.stored_tables("w", prof).items()} == {
+        "a": 1,
+        "b": 2,
+        "c": 3,
+    }
+    with pytest.raises(ConfigError, match="unknown testbed table"):
+        rt.chapter_tables(None, "w", prof, only=["d"])
+
+
+def test_tables_key_ignores_the_other_studies_fields() -> None:
+    """The testbed tables' key changes with a field the testbed reads and not with the fields of §4.6b,
+    §4.7 and §4.8 (``drift_*``, ``reader_*``, ``opt_*``): tuning those never discards a stored run."""
+    from lrgd.config import get_profile
+
+    prof = get_profile("ci")
+    key = rt._tables_key("w", prof, 0)
+    for field_ in ("opt_test_users", "drift_windows", "reader_users"):
+        other = replace(prof, robust=replace(prof.robust, **{field_: getattr(prof.robust, field_) + 1}))
+        assert rt._tables_key("w", other, 0) == key, field_
+    for field_ in ("n_users", "eras"):
+        other = replace(prof, robust=replace(prof.robust, **{field_: getattr(prof.robust, field_) + 1}))
+        assert rt._tables_key("w", other, 0) != key, field_
 
 
 def test_full_robust_script_names_a_bad_profile(capsys) -> None:

@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from lrgd.demos import testbed_effect as tbe
 from lrgd.errors import ConfigError
 from lrgd.metrics import bootstrap_ci, coverage_at_k, gini, holm, paired_bootstrap
 from lrgd.progress import progress
-from lrgd.results import atomic_write_json, cached_json, code_hash, content_key, read_cached
+from lrgd.results import cached_json, code_hash, read_cached
 from lrgd.robust import optimise as opt
 from lrgd.robust import perturb as pt
 from lrgd.testbeds import tiny_decoder as td
@@ -592,9 +592,14 @@ def drift_study(net, base: WorldConfig, sizes: RobustSizes, seed: int = 0) -> pd
 
 # ----------------------------------------------------------------------------- the chapter's tables, cached
 
-#: modules whose source decides the chapter's testbed numbers (their hash enters the cache key)
-CODE = ("lrgd.robust", "lrgd.demos.effect", "lrgd.demos.effect_rank", "lrgd.demos.testbed_effect",
-        "lrgd.testbeds", "lrgd.metrics")  # fmt: skip
+#: the modules whose source computes the testbed tables: this module and what it imports, not the whole
+#: ``lrgd.robust`` package (the real-data optimiser of §4.8 and the window study of §4.6b may change without
+#: invalidating a stored run, which takes hours at ``full``)
+CODE = ("lrgd.robust.testbed", "lrgd.robust.optimise", "lrgd.robust.perturb", "lrgd.demos.effect",
+        "lrgd.demos.effect_rank", "lrgd.demos.testbed_effect", "lrgd.testbeds", "lrgd.metrics")  # fmt: skip
+#: prefixes of the ``robust`` profile fields that other studies read (§4.6b ``drift_*``, §4.7 ``reader_*``,
+#: §4.8 ``opt_*``): left out of the testbed tables' key
+OTHER_STUDIES = ("drift_", "reader_", "opt_")
 
 
 class _Tables:
@@ -661,11 +666,6 @@ class _Tables:
         }
 
 
-def _compute_tables(net, prof, seed: int) -> dict[str, pd.DataFrame]:
-    """Every testbed table of chapter 4 (sections 4.1–4.6), computed (no cache)."""
-    return {name: make() for name, make in _Tables(net, prof, seed).makers().items()}
-
-
 def _records(df: pd.DataFrame) -> dict:
     """A frame as JSON records (NaN → null) and the names of its index columns (unnamed labels: "row")."""
     if isinstance(df.index, pd.RangeIndex):
@@ -680,50 +680,74 @@ def _frame(blob: dict) -> pd.DataFrame:
 
 
 def _tables_key(weights: str, prof, seed: int) -> dict:
-    """What the tables depend on: the profile sections used, the seed, the decoder's weights hash and the
-    code of :data:`CODE`."""
-    return {"robust": asdict(prof.robust), "world": asdict(prof.world), "decoder": asdict(prof.decoder),
+    """What the tables depend on: the profile sections used (of ``robust``, the fields no other study owns:
+    :data:`OTHER_STUDIES`), the seed, the decoder's weights hash and the code of :data:`CODE`."""
+    robust = {k: v for k, v in asdict(prof.robust).items() if not k.startswith(OTHER_STUDIES)}
+    return {"robust": robust, "world": asdict(prof.world), "decoder": asdict(prof.decoder),
             "effect": asdict(prof.effect), "seed": seed, "weights": weights,
             "code": code_hash(*CODE)}  # fmt: skip
 
 
-def _parts_dir(profile: str) -> Path:
-    """Where an unfinished run keeps the tables it has computed (one file each, keyed like the whole)."""
-    return results_dir(profile) / "robust" / "testbed-tables.parts"
+def table_names(prof, seed: int = 0) -> list[str]:
+    """The names of chapter 4's testbed tables, in the chapter's order (computes nothing)."""
+    return list(_Tables(None, prof, seed).makers())
 
 
-def chapter_tables(net, weights: str, prof, seed: int = 0) -> tuple[dict[str, pd.DataFrame], bool]:
+def _paths(profile: str) -> tuple[Path, Callable[[str], Path]]:
+    """(the whole run's file, table name → its part file): an unfinished run keeps each table it has
+    computed in ``testbed-tables.parts/``, one file each, keyed like the whole."""
+    root = results_dir(profile) / "robust"
+    return (
+        root / "testbed-tables.json",
+        lambda name: root / "testbed-tables.parts" / f"{name.replace(' ', '-')}.json",
+    )
+
+
+def chapter_tables(
+    net, weights: str, prof, seed: int = 0, only: Collection[str] | None = None
+) -> tuple[dict[str, pd.DataFrame], bool]:
     """Chapter 4's testbed tables and whether they came from the cache (``results/<profile>/robust/``),
     keyed by :func:`_tables_key`.
 
-    Resumable: each table is stored under ``testbed-tables.parts/`` (with the same key) as soon as it is
-    computed, so an interrupted run (the ``full`` one takes hours) continues with the missing tables; the
-    parts are removed once the whole is written. A part's file also records its compute seconds."""
+    Resumable: each table is stored as a part (same key, with its compute seconds) as soon as it is
+    computed, so an interrupted run (the ``full`` one takes hours) continues with the missing tables.
+    ``only`` (table names) computes just those, so that processes may share the tables out; the run that
+    finds every part stored writes the whole and removes the parts. Until then it returns the tables
+    stored so far."""
     key = _tables_key(weights, prof, seed)
-    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
-    parts = _parts_dir(prof.name)
+    whole, part = _paths(prof.name)
+    makers = _Tables(net, prof, seed).makers()
+    unknown = sorted(set(only or ()) - set(makers))
+    if unknown:
+        raise ConfigError(f"unknown testbed table(s) {unknown}; the tables are {list(makers)}")
+    blob = read_cached(whole, key)
+    hit = blob is not None
+    if not hit:
+        todo = [name for name in makers if only is None or name in only]
+        for name in progress(todo, "chapter 4 testbed tables", total=len(todo)):
 
-    def make() -> dict:
-        out, makers = {}, _Tables(net, prof, seed).makers()
-        for name in progress(makers, "chapter 4 testbed tables", total=len(makers)):
-            part = parts / f"{name.replace(' ', '-')}.json"
-            stored = read_cached(part, key)
-            if stored is None:
+            def make(name: str = name) -> dict:
                 t0 = time.perf_counter()
-                stored = {"table": _records(makers[name]()), "seconds": round(time.perf_counter() - t0, 1)}
-                atomic_write_json(part, {"key": content_key(key), "key_parts": key, "result": stored})
-            out[name] = stored["table"]
-        return out
+                table = _records(makers[name]())
+                return {"table": table, "seconds": round(time.perf_counter() - t0, 1)}
 
-    blob, hit = cached_json(path, key, make)
-    if parts.is_dir():
-        shutil.rmtree(parts)
+            cached_json(part(name), key, make)
+        stored = {name: read_cached(part(name), key) for name in makers}
+        if any(v is None for v in stored.values()):  # another process computes the rest
+            return {n: _frame(v["table"]) for n, v in stored.items() if v is not None}, False
+        blob, _ = cached_json(whole, key, lambda: {n: v["table"] for n, v in stored.items()})
+    shutil.rmtree(part("").parent, ignore_errors=True)
     return {k: _frame(v) for k, v in blob.items()}, hit
 
 
-def published_tables(weights: str, prof, seed: int = 0) -> dict[str, pd.DataFrame] | None:
-    """:func:`chapter_tables` of ``prof`` when ``results/<profile>/robust/`` holds them under the current key
-    (e.g. the committed ``full`` run, read by a ``ci`` page); None otherwise. Computes nothing."""
-    path = results_dir(prof.name) / "robust" / "testbed-tables.json"
-    blob = read_cached(path, _tables_key(weights, prof, seed))
-    return None if blob is None else {k: _frame(v) for k, v in blob.items()}
+def stored_tables(weights: str, prof, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The tables :func:`chapter_tables` has stored for ``prof`` under the current key, computing nothing:
+    the whole run's, else those an unfinished run has stored so far (by name; :func:`table_names` lists
+    them all), else none. E.g. the committed ``full`` run, read by a ``ci`` page."""
+    key = _tables_key(weights, prof, seed)
+    whole, part = _paths(prof.name)
+    blob = read_cached(whole, key)
+    if blob is None:
+        found = {name: read_cached(part(name), key) for name in table_names(prof, seed)}
+        blob = {name: v["table"] for name, v in found.items() if v is not None}
+    return {k: _frame(v) for k, v in blob.items()}
