@@ -456,29 +456,35 @@ display(
 # once (two-stage, guarded) in era 0 and kept; the **adaptive** ones are chosen again in every era from
 # that era's pool and validation items.
 
+
 # %%
-dr = T["drift"]
-fig, ax = plt.subplots(figsize=(5.5, 3.4))
-for method, g in dr.groupby("method", sort=False):
-    ax.errorbar(g["era"], g["NDCG@10"], yerr=[g["NDCG@10"] - g["lo"], g["hi"] - g["NDCG@10"]], fmt="-o", ms=3,
-                capsize=2, label=method)  # fmt: skip
-ax.set(xlabel=f"era (t0 = era × {R.era_gap})", ylabel="test NDCG@10 (95% CI)", title=f"drift {R.drift:g}",
-       xticks=range(R.eras))  # fmt: skip
-ax.legend(frameon=False, fontsize=8)
-plt.show()
-piv = dr.pivot_table(index="era", columns="method", values="NDCG@10")
+def drift_figure(dr: pd.DataFrame, R, title: str) -> pd.DataFrame:
+    """Test NDCG@10 per era and method with 95% CIs (the drift table of `rt.drift_study`); returns the
+    means, era × method. §4.9 draws the `full` run with it."""
+    _, ax = plt.subplots(figsize=(5.5, 3.4))
+    for method, g in dr.groupby("method", sort=False):
+        ax.errorbar(g["era"], g["NDCG@10"], yerr=[g["NDCG@10"] - g["lo"], g["hi"] - g["NDCG@10"]], fmt="-o",
+                    ms=3, capsize=2, label=method)  # fmt: skip
+    ax.set(xlabel=f"era (t0 = era × {R.era_gap})", ylabel="test NDCG@10 (95% CI)", title=title,
+           xticks=range(R.eras))  # fmt: skip
+    ax.legend(frameon=False, fontsize=8)
+    plt.show()
+    return dr.pivot_table(index="era", columns="method", values="NDCG@10")
+
+
+def drift_reading(piv: pd.DataFrame) -> str:
+    """The adaptive − static gap in each era after the first, in words."""
+    gap = (piv["adaptive (re-chosen each era)"] - piv["static (chosen in era 0)"]).iloc[1:].to_numpy()
+    return (f"After era 0 the adaptive sets differ from the static ones by {', '.join(f'{g:+.3f}' for g in gap)} "
+            f"NDCG@10 (eras 1–{len(piv) - 1}; the 95% intervals of each era are in the figure): a positive difference "
+            "is what re-choosing from the current era's demonstrations buys once the groups' tastes have moved.")  # fmt: skip
+
+
+piv = drift_figure(T["drift"], R, f"drift {R.drift:g}")
 show(piv, "drift", "test NDCG@10 per era")
 
 # %% tags=["remove-input"]
-later = piv.iloc[1:]
-gap = (later["adaptive (re-chosen each era)"] - later["static (chosen in era 0)"]).to_numpy()
-display(
-    Markdown(
-        f"After era 0 the adaptive sets differ from the static ones by {', '.join(f'{g:+.3f}' for g in gap)} NDCG@10 "
-        f"(eras 1–{len(piv) - 1}; the 95% intervals of each era are in the figure): a positive difference is "
-        "what re-choosing from the current era's demonstrations buys once the groups' tastes have moved."
-    )
-)
+display(Markdown(drift_reading(piv)))
 
 # %% [markdown]
 # ## 4.6b Adapting over time on MovieLens-100k
@@ -732,7 +738,8 @@ def optimiser_reading(raw: dict, table: pd.DataFrame) -> str:
                 f"zero-shot prompts' test loss ({z:.3f})")  # fmt: skip
     return (f"On {raw['spec']['dataset']}, the guarded two-stage set {helps} the reader's test NDCG@10 over "
             f"zero-shot (Δ {ci(two['ΔNDCG@10'], two['ΔNDCG@10 lo'], two['ΔNDCG@10 hi'])}; per-user recent: "
-            f"{ci(rec['ΔNDCG@10'], rec['ΔNDCG@10 lo'], rec['ΔNDCG@10 hi'])}); without the guard, stage 2 lowered "
+            f"{ci(rec['ΔNDCG@10'], rec['ΔNDCG@10 lo'], rec['ΔNDCG@10 hi'])}); without the guard, stage 2 "
+            f"({len(g['train']) - 1} iteration(s), stopped by: {g['stopped_by'].replace('_', ' ')}) lowered "
             f"the train-validation loss by {g['train'][0] - g['train'][-1]:.3f} {transfer}; coverage@10 went from "
             f"{zs['coverage@10']:.3f} (zero-shot) to {two['coverage@10']:.3f}.")  # fmt: skip
 
@@ -799,6 +806,11 @@ if "methods" in FT and profile != "full":
     display(Markdown(text))
 
 # %% tags=["hide-input"]
+if "drift" in FT and profile != "full":
+    fpiv = drift_figure(FT["drift"], full.robust, f"full profile, §4.6: drift {full.robust.drift:g}")
+    display(Markdown(f"**Reading (full, §4.6).** {drift_reading(fpiv)}"))
+
+# %% tags=["hide-input"]
 if profile != "full":
     full_runner = Runner("full", dev, quiet=True, dtype=dtype)
     full_reader = full.reader.models[0]
@@ -852,7 +864,7 @@ out = {
     "mu": rows_of(mt),
     "trust": rows_of(tr),
     "popularity": rows_of(pop),
-    "drift": rows_of(dr),
+    "drift": rows_of(T["drift"]),
     "reader_perturbation": rows_of(rg),
     "windows": rows_of(wt),
     "optimiser_real": rows_of(opt_table),
