@@ -351,6 +351,9 @@ COMPACT = [
         "props": "display: inline-block; font-size: 0.8em; font-weight: normal; white-space: nowrap",
     },
     {"selector": "caption", "props": "text-align: left"},
+    # a model's label (spanning its rows) at the top of its group, with a rule above: centred, a label read as
+    # belonging to the neighbouring group's rows
+    {"selector": "th.row_heading.level0", "props": "vertical-align: top; border-top: 1px solid #bbb"},
 ]
 
 
