@@ -407,6 +407,11 @@ class RobustSizes:
     reader_users: int = 200
     reader_k: int = 64  # the k chosen on validation users in chapter 2b (recent)
     reader_rates: tuple[float, ...] = (0.0, 0.5, 1.0)
+    # §4.7 also perturbs the first LLM's demonstrations (prefix ``reader_``: §4.7's study, not the testbed's)
+    reader_llm_dataset: str = "amazon-games"  # a dataset where chapter 2 ran the LLM with demonstrations
+    reader_llm_base: str = "random"  # the selector whose demonstrations are perturbed (chapter 2's row)
+    reader_llm_users: int | None = 10  # first test users (chapter 2's: its clean and k = 0 runs are reused)
+    reader_llm_perturbations: tuple[str, ...] = ("flip_next",)  # each at rate 1 (lrgd.robust.selectors)
     # §4.6b adapting over time on real data: calendar windows of a timestamped dataset (lrgd.robust.windows)
     drift_dataset: str = "ml-100k"  # the only dataset with timestamps
     drift_windows: int = 4  # equal-count windows of the users' test-item times
@@ -443,6 +448,10 @@ class RobustSizes:
             raise ConfigError(f"robust.kl_eps must hold finite values > 0 (∞ is added), got {self.kl_eps}")
         if self.sweep_users < 1:
             raise ConfigError(f"robust.sweep_users must be ≥ 1, got {self.sweep_users}")
+        if self.reader_llm_users is not None and self.reader_llm_users < 1:
+            raise ConfigError(f"robust.reader_llm_users must be ≥ 1 or None, got {self.reader_llm_users}")
+        if not self.reader_llm_perturbations:
+            raise ConfigError("robust.reader_llm_perturbations must name at least one perturbation")
         if min(self.n_users, self.pair_users, self.n_copies, self.eras, self.max_iters) < 1:
             raise ConfigError("robust sizes (users, copies, eras, iterations) must be ≥ 1")
         return self
@@ -567,6 +576,8 @@ _PROFILES = {
                            mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                            sweep_users=300, reader_users=1000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           reader_llm_dataset="amazon-beauty", reader_llm_users=_FULL_USERS,
+                           reader_llm_perturbations=("flip_next", "random"),
                            drift_windows=8, drift_k=8, drift_pool=16, drift_valid_users=30,
                            drift_test_users=60, drift_max_iters=6, drift_max_moves=48, drift_patience=2,
                            opt_pool=80, opt_valid_users=200, opt_test_users=700, opt_max_iters=10,
@@ -603,6 +614,8 @@ _PROFILES = {
                            mus=(0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0), kl_eps=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
                            sweep_users=1000, reader_users=5000,
                            reader_rates=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           reader_llm_dataset="amazon-beauty", reader_llm_users=None,
+                           reader_llm_perturbations=("flip_next", "random"),
                            drift_windows=8, drift_k=8, drift_pool=24, drift_valid_users=30,
                            drift_test_users=70, drift_max_iters=10, drift_max_moves=96, drift_patience=2,
                            opt_pool=120, opt_valid_users=300, opt_test_users=600, opt_max_iters=15,

@@ -26,7 +26,8 @@
 # windows (§4.6b) and one optimised global set of demonstrations (§4.8); §4.7 perturbs the reader's
 # demonstrations. SmolLM2 is not optimised here: chapter 2 measured that it does not gain from
 # demonstrations on these datasets (a better choice of demonstrations cannot make them help a model that
-# does not read them), and §4.8 prints what one run of the optimiser would cost on it.
+# does not read them), §4.7 tests whether it reads them at all, and §4.8 prints what one run of the
+# optimiser would cost on it.
 
 # %% tags=["parameters"]
 profile = "ci"  # ci | full | gpu — sizes: the profile's .robust section (lrgd.config)
@@ -53,6 +54,7 @@ from lrgd.rec.conditions import EvalConfig
 from lrgd.rec.runner import Runner
 from lrgd.results import committed_weights, file_hash, write_json
 from lrgd.robust import real
+from lrgd.robust import real_perturb as rp
 from lrgd.robust import testbed as rt
 from lrgd.robust import windows as rwin
 from lrgd.robust.runner_objective import split_users
@@ -597,48 +599,62 @@ display(Markdown(windows_reading(win)))
 # 2b, reading `recent` transitions, and the vote over the same demonstrations:
 
 # %%
-base_cfg = {"n_users": R.reader_users, "seed": seed, "guard": "own"}
-zero = runner.run(EvalConfig(R.reader_dataset, "zero-shot", 0, model=reader, **base_cfg))
-rows = []
-for name in R.perturbations:
-    for rate in R.reader_rates:
-        method, params = ("recent", {}) if rate == 0 else ("perturbed", {"perturbation": name, "rate": rate})
-        res = runner.run(
-            EvalConfig(R.reader_dataset, method, R.reader_k, model=reader, params=params, **base_cfg)
-        )
-        d = report.paired(res, zero, "score", "score", 1000, seed)
-        rows.append(
-            {"perturbation": name, "rate": rate, "gain over k = 0": d["diff"], "lo": d["lo"], "hi": d["hi"]}
-        )
-rg = pd.DataFrame(rows)
+rg = rp.reader_curve(runner, R, reader, seed, prof.eval.n_boot)
 show(rg.pivot_table(index="rate", columns="perturbation", values="gain over k = 0").rename(index="{:g}".format), "reader",
      f"{reader} on {R.reader_dataset}: in-context gain (ΔNDCG@10 over k = 0) of {R.reader_k} recent "
      f"demonstrations perturbed at each rate ({R.reader_users} users)")  # fmt: skip
 
-# %%
-fig, ax = plt.subplots(figsize=(5.5, 3.4))
-for name, g in rg.groupby("perturbation", sort=False):
-    ax.plot(g["rate"], g["gain over k = 0"], "-o", ms=3, label=name)
-    ax.fill_between(g["rate"], g["lo"], g["hi"], alpha=0.12)
-ax.axhline(0, color="k", lw=0.8)
-ax.set(
-    xlabel="perturbation rate", ylabel="ΔNDCG@10 over k = 0 (95% CI)", title=f"{reader}, {R.reader_dataset}"
-)
-ax.legend(frameon=False)
-plt.show()
+
+def perturbation_figure(rg: pd.DataFrame, title: str) -> None:
+    """The reader's gain over k = 0 against the perturbation rate, one line per perturbation (95% bands)."""
+    _, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, g in rg.groupby("perturbation", sort=False):
+        ax.plot(g["rate"], g["gain over k = 0"], "-o", ms=3, label=name)
+        ax.fill_between(g["rate"], g["lo"], g["hi"], alpha=0.12)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="perturbation rate", ylabel="ΔNDCG@10 over k = 0 (95% CI)", title=title)
+    ax.legend(frameon=False)
+    plt.show()
+
+
+perturbation_figure(rg, f"{reader}, {R.reader_dataset}")
 
 # %% tags=["remove-input"]
-g = rg.set_index(["perturbation", "rate"])["gain over k = 0"]
-clean, top = g.xs(0.0, level="rate").iloc[0], max(R.reader_rates)
-flip, hist = g[("flip_next", top)], min(g[(n, top)] for n in R.perturbations if n != "flip_next")
-where = ("mostly from the demonstrations' answers" if flip < clean / 2 <= hist
-         else "not from the answers alone" if flip >= clean / 2 else "from the answers and the histories")  # fmt: skip
-display(
-    Markdown(
-        f"With clean demonstrations the gain is {clean:+.3f}; with every answer flipped it is {flip:+.3f}, and with "
-        f"histories perturbed at rate {top:g} at least {hist:+.3f}: the reader's in-context gain comes {where}."
-    )
-)
+display(Markdown(rp.reader_reading(rg, R.perturbations)))
+
+# %% [markdown]
+# ### The LLM: does it read its demonstrations?
+#
+# Chapter 2 measured that demonstrations do not raise SmolLM2's accuracy, so no choice of demonstrations
+# — robust or optimised — can be expected to help it. A sharper question is whether it reads them at
+# all: chapter 2's demonstration row (the same users, candidates and selector) against the same
+# demonstrations with every answer replaced by a uniform other item (`flip_next` at rate 1) — and, where
+# the profile asks, with every item replaced. A model whose ranking depends on its demonstrations must
+# move when their answers change; an unmoved ranking says the demonstrations' content is not used.
+
+# %% tags=["hide-input"]
+chk = rp.llm_check(runner, prof, seed, prof.eval.n_boot)
+
+
+def llm_check_table(chk: dict, uuid: str, caption: str) -> None:
+    """The LLM check as a table: NDCG@10 with its CI, the paired difference from the clean row, p and Holm p."""
+    t = chk["table"]
+    cells = pd.DataFrame({
+        "NDCG@10": [ci(r["NDCG@10"], r["lo"], r["hi"], "{:.3f}") for _, r in t.iterrows()],
+        "Δ vs clean": ["—" if pd.isna(r["Δ vs clean"]) else ci(r["Δ vs clean"], r["Δ lo"], r["Δ hi"])
+                       for _, r in t.iterrows()],
+        "p": ["—" if pd.isna(r["p"]) else format_p(r["p"]) for _, r in t.iterrows()],
+        "p (Holm)": ["—" if pd.isna(r["p (Holm)"]) else format_p(r["p (Holm)"]) for _, r in t.iterrows()],
+    }, index=t.index)  # fmt: skip
+    show(cells, uuid, caption)
+
+
+llm_check_table(chk, "llm-check", f"{chk['model']} on {chk['dataset']}, k = {chk['k']}, {chk['n_users']} test "
+                f"users, score variant {chk['variant']} (chosen on validation users in chapter 2); mean [95% CI]; "
+                "Δ paired with the clean row; p: sign-flip permutation, Holm over the rows")  # fmt: skip
+
+# %% tags=["remove-input"]
+display(Markdown(f"**Reading.** {rp.llm_reading(chk)}"))
 
 # %% [markdown]
 # ## 4.8 The optimiser on real data: the reader
@@ -749,8 +765,9 @@ display(Markdown(optimiser_reading(raw, opt_table)))
 # %% [markdown]
 # ## 4.9 The testbed study at the `full` profile
 #
-# The sections above ran at this page's profile. The testbed study (§4.1–4.6) and the optimiser on real
-# data (§4.6b, §4.8) are also committed at the `full` profile — more test users, a larger pool, more
+# The sections above ran at this page's profile. The testbed study (§4.1–4.6), the perturbed
+# demonstrations on real data (§4.7) and the optimiser on real data (§4.6b, §4.8) are also committed at
+# the `full` profile — more test users, a larger pool, more
 # perturbed copies and longer searches, on chapter 1b's decoder and chapter 2b's reader trained at
 # `full` — and their main tables are shown here, read from `results/full/robust/` only when they were
 # computed under the current code, configuration, data and weights (the weights are committed in
@@ -840,6 +857,26 @@ if profile != "full":
              f"full profile, §4.8: {fsp['model']} on {fsp['dataset']}, {len(fraw['test_users'])} test users, "
              f"k = {fsp['k']}, pool of {fsp['n_pool']}, {fsp['n_valid_users']} validation users; mean [95% CI]; "
              "Δ paired with zero-shot; Holm over the methods")  # fmt: skip
+
+# %% tags=["hide-input"]
+if profile != "full":
+    frg = rp.reader_curve(full_runner, full.robust, full_reader, seed, full.eval.n_boot, compute=False)
+    fchk = rp.llm_check(full_runner, full, seed, full.eval.n_boot, compute=False)
+    if frg is None:
+        display(Markdown(f"§4.7 at `full` ({full_reader}, {full.robust.reader_dataset}): not committed for the "
+                         "current code, data and weights (`python scripts/full_robust.py --part perturbed`)."))  # fmt: skip
+    else:
+        perturbation_figure(frg, f"full profile, §4.7: {full_reader}, {full.robust.reader_dataset}, "
+                                 f"{full.robust.reader_users} users")  # fmt: skip
+        display(Markdown(f"**Reading (full, §4.7).** {rp.reader_reading(frg, full.robust.perturbations)}"))
+    if fchk is None:
+        display(Markdown(f"§4.7's LLM check at `full` ({full.grid.models[0]}, {full.robust.reader_llm_dataset}): "
+                         "not committed for the current code, data and weights."))  # fmt: skip
+    else:
+        llm_check_table(fchk, "full-llm-check", f"full profile, §4.7: {fchk['model']} on {fchk['dataset']}, "
+                        f"k = {fchk['k']}, {fchk['n_users']} test users, score variant {fchk['variant']}; mean "
+                        "[95% CI]; Δ paired with the clean row; Holm over the rows")  # fmt: skip
+        display(Markdown(f"**Reading (full, §4.7).** {rp.llm_reading(fchk)}"))
 
 # %% tags=["remove-input"]
 if profile != "full" and fwin is not None:

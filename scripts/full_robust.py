@@ -5,11 +5,13 @@
                                   # (processes may share the tables out; the one completing the set writes it)
     python scripts/full_robust.py --profile full --part windows     # §4.6b, ml-100k calendar windows
     python scripts/full_robust.py --profile full --part optimiser   # §4.8, the optimiser on real data
+    python scripts/full_robust.py --profile full --part perturbed   # §4.7, the reader's curve, the LLM check
 
 Each part writes what the chapter reads (``results/<profile>/robust/``, keyed by configuration, data,
 weights and code), so the page then renders it without computing; the parts may run side by side, one
 core each. The trained weights are restored from ``results/<profile>/models/`` when committed there.
-Commit after (or during) a run: ``git add -f results/<profile>/robust results/<profile>/models``.
+Commit after (or during) a run: ``git add -f results/<profile>/robust results/<profile>/models``; the
+``perturbed`` part's runs are runner summaries: it prints their files (``results/<profile>/eval/``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from lrgd.errors import LRGDError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="full")
-    ap.add_argument("--part", choices=("testbed", "windows", "optimiser"), required=True)
+    ap.add_argument("--part", choices=("testbed", "windows", "optimiser", "perturbed"), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--tables", default="", help="--part testbed: only these tables (comma-separated, e.g. "
@@ -54,7 +56,19 @@ def main(argv: list[str] | None = None) -> int:
             from lrgd.rec.runner import Runner
 
             runner = Runner(a.profile, "cpu", quiet=False)
-            if a.part == "windows":
+            if a.part == "perturbed":
+                from lrgd.robust import real_perturb as rp
+
+                before = [rp.stored(runner, c) is not None for c in rp.perturbed_configs(prof, a.seed)]
+                rg = rp.reader_curve(runner, prof.robust, prof.reader.models[0], a.seed, prof.eval.n_boot)
+                chk = rp.llm_check(runner, prof, a.seed, prof.eval.n_boot)
+                print(rg.to_string(index=False), chk["table"].to_string(), rp.llm_reading(chk), sep="\n")
+                hit = all(before)
+                print(
+                    "files:",
+                    *sorted({str(rp.stored_path(runner, c)) for c in rp.perturbed_configs(prof, a.seed)}),
+                )
+            elif a.part == "windows":
                 from lrgd.robust import windows as rwin
 
                 _, hit = rwin.window_study(runner, prof.robust, prof.reader.models[0], a.seed, verbose=True)
