@@ -64,8 +64,8 @@ def test_llm_check_pairs_each_row_with_the_clean_one_and_reads_the_flip(tmp_path
 def test_llm_reading_says_when_nothing_moves(tmp_path):
     chk = rp.llm_check(FakeRunner(tmp_path, lambda cfg: np.ones(N)), get_profile("ci"), n_boot=200)
     text = rp.llm_reading(chk)
-    assert "does not detectably move" in text and "no dependence on the demonstrations' answers" in text
-    assert "not reliably different from zero-shot" in text
+    assert "does not detectably move" in text and "no dependence on the demonstrations' content" in text
+    assert "not reliably different from zero-shot" in text and "nothing to act on" not in text
 
 
 def test_stored_summaries_are_read_before_the_runner_computes(tmp_path):
@@ -81,6 +81,14 @@ def test_stored_summaries_are_read_before_the_runner_computes(tmp_path):
     assert rp.fetch(runner, cfgs[1], compute=False) is None and runner.calls == []
     rp.fetch(runner, cfgs[1])
     assert runner.calls == [cfgs[1]]
+
+
+def test_llm_reading_when_demonstrations_cost_accuracy_whatever_they_say(tmp_path):
+    def ranks(cfg):
+        return np.where(np.arange(N) % 2 == 0, 1, 20) if cfg.method != "zero-shot" else np.ones(N)
+
+    text = rp.llm_reading(rp.llm_check(FakeRunner(tmp_path, ranks), get_profile("ci"), n_boot=200))
+    assert "is below zero-shot" in text and "nothing to act on" in text
 
 
 def test_reader_curve_and_reading(tmp_path):

@@ -192,12 +192,20 @@ def llm_reading(chk: dict) -> str:
     ]
     z = t.iloc[0]
     gain = "below" if z["Δ lo"] > 0 else "above" if z["Δ hi"] < 0 else "not reliably different from"
-    flips = [r for label, r in t.iterrows() if "flip_next" in label]
-    reads = (
-        "its ranking depends on which items the demonstrations name as answers"
-        if flips and (flips[0]["Δ hi"] < 0 or flips[0]["Δ lo"] > 0)
-        else "no dependence on the demonstrations' answers is detectable at this size"
-    )
+    perturbed = t.drop(index=[t.index[0], clean])
+    moves = (perturbed["Δ hi"] < 0) | (perturbed["Δ lo"] > 0)
+    flips = [r for label, r in perturbed.iterrows() if "flip_next" in label]
+    if flips and (flips[0]["Δ hi"] < 0 or flips[0]["Δ lo"] > 0):
+        reads = "its ranking depends on which items the demonstrations name as answers"
+    elif moves.any():
+        reads = "its ranking depends on the demonstrations' items, but not detectably on their answers"
+    else:
+        reads = "no dependence on the demonstrations' content is detectable at this size"
+        if z["Δ lo"] > 0:
+            reads += (
+                " — they lower its accuracy by being in the prompt, whatever they say, so a better choice of "
+                "them (robust or optimised) has nothing to act on"
+            )
     return (
         f"On {chk['n_users']} users of {chk['dataset']}, {chk['model']} with k = {chk['k']} clean "
         f"demonstrations is {gain} zero-shot (k = 0 − clean: {ci(z)}). Against the clean demonstrations, "
