@@ -121,3 +121,11 @@ def test_profiles_check_the_llm_study_sizes():
         replace(R, reader_llm_users=0).validate()
     with pytest.raises(ConfigError, match="reader_llm_perturbations"):
         replace(R, reader_llm_perturbations=()).validate()
+
+
+def test_a_difference_counts_only_when_the_interval_and_the_holm_p_agree():
+    row = {"Δ lo": 0.012, "Δ hi": 0.077, "p (Holm)": 0.125}  # chapter 4's ci check: CI above 0, p not < .05
+    assert rp.direction(row) == 0
+    assert rp.direction({**row, "p (Holm)": 0.01}) == 1
+    assert rp.direction({"Δ lo": -0.2, "Δ hi": -0.1, "p (Holm)": 0.001}) == -1
+    assert rp.direction({"Δ lo": -0.2, "Δ hi": 0.1, "p (Holm)": 0.001}) == 0

@@ -175,33 +175,39 @@ def llm_check(runner, prof, seed: int = 0, n_boot: int = 1000, compute: bool = T
     }
 
 
+def direction(row, alpha: float = 0.05) -> int:
+    """+1 / −1 when a row's paired difference is detected — its 95% CI excludes zero *and* its Holm p is
+    below ``alpha`` — else 0 (an interval the permutation test does not confirm counts as no change)."""
+    if row["p (Holm)"] >= alpha:
+        return 0
+    return 1 if row["Δ lo"] > 0 else -1 if row["Δ hi"] < 0 else 0
+
+
 def llm_reading(chk: dict) -> str:
-    """The check in words: does perturbing the answers (and the items) move the LLM's ranking?"""
+    """The check in words: does perturbing the answers (and the items) move the LLM's ranking? A
+    difference counts only when :func:`direction` detects it."""
     t, clean = chk["table"], chk["clean"]
 
     def ci(r) -> str:
         return f"{r['Δ vs clean']:+.3f} [{r['Δ lo']:+.3f}, {r['Δ hi']:+.3f}], Holm p {r['p (Holm)']:.2g}"
 
-    def moved(r) -> str:
-        return "lowers" if r["Δ hi"] < 0 else "raises" if r["Δ lo"] > 0 else "does not detectably move"
-
+    moved = {1: "raises", -1: "lowers", 0: "does not detectably move"}
+    perturbed = t.drop(index=[t.index[0], clean])
     parts = [
-        f"{label.split(', ', 1)[1]} {moved(r)} its NDCG@10 ({ci(r)})"
-        for label, r in t.iterrows()
-        if label not in (clean, t.index[0])
+        f"{label.split(', ', 1)[1]} {moved[direction(r)]} its NDCG@10 ({ci(r)})"
+        for label, r in perturbed.iterrows()
     ]
     z = t.iloc[0]
-    gain = "below" if z["Δ lo"] > 0 else "above" if z["Δ hi"] < 0 else "not reliably different from"
-    perturbed = t.drop(index=[t.index[0], clean])
-    moves = (perturbed["Δ hi"] < 0) | (perturbed["Δ lo"] > 0)
+    gain = {1: "below", -1: "above", 0: "not reliably different from"}[direction(z)]
+    moves = [direction(r) != 0 for _, r in perturbed.iterrows()]
     flips = [r for label, r in perturbed.iterrows() if "flip_next" in label]
-    if flips and (flips[0]["Δ hi"] < 0 or flips[0]["Δ lo"] > 0):
+    if flips and direction(flips[0]) != 0:
         reads = "its ranking depends on which items the demonstrations name as answers"
-    elif moves.any():
+    elif any(moves):
         reads = "its ranking depends on the demonstrations' items, but not detectably on their answers"
     else:
         reads = "no dependence on the demonstrations' content is detectable at this size"
-        if z["Δ lo"] > 0:
+        if direction(z) > 0:
             reads += (
                 " — they lower its accuracy by being in the prompt, whatever they say, so a better choice of "
                 "them (robust or optimised) has nothing to act on"
