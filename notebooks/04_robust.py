@@ -903,6 +903,10 @@ out = {
     "popularity": rows_of(pop),
     "drift": rows_of(T["drift"]),
     "reader_perturbation": rows_of(rg),
+    "llm_check": {
+        **{k: chk[k] for k in ("model", "dataset", "k", "n_users", "variant")},
+        "rows": rows_of(chk["table"].rename_axis("condition")),
+    },
     "windows": rows_of(wt),
     "optimiser_real": rows_of(opt_table),
     "provenance": prov.finish().as_dict(),
