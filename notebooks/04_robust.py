@@ -602,7 +602,7 @@ display(Markdown(windows_reading(win)))
 rg = rp.reader_curve(runner, R, reader, seed, prof.eval.n_boot)
 show(rg.pivot_table(index="rate", columns="perturbation", values="gain over k = 0").rename(index="{:g}".format), "reader",
      f"{reader} on {R.reader_dataset}: in-context gain (ΔNDCG@10 over k = 0) of {R.reader_k} recent "
-     f"demonstrations perturbed at each rate ({R.reader_users} users)")  # fmt: skip
+     f"demonstrations perturbed at each rate ({rg.attrs['n_users']} users)")  # fmt: skip
 
 
 def perturbation_figure(rg: pd.DataFrame, title: str) -> None:
@@ -867,7 +867,7 @@ if profile != "full":
                          "current code, data and weights (`python scripts/full_robust.py --part perturbed`)."))  # fmt: skip
     else:
         perturbation_figure(frg, f"full profile, §4.7: {full_reader}, {full.robust.reader_dataset}, "
-                                 f"{full.robust.reader_users} users")  # fmt: skip
+                                 f"{frg.attrs['n_users']} users")  # fmt: skip
         display(Markdown(f"**Reading (full, §4.7).** {rp.reader_reading(frg, full.robust.perturbations)}"))
     if fchk is None:
         display(Markdown(f"§4.7's LLM check at `full` ({full.grid.models[0]}, {full.robust.reader_llm_dataset}): "

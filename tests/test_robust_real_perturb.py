@@ -106,6 +106,7 @@ def test_reader_curve_and_reading(tmp_path):
     assert rp.reader_curve(runner, R, "trained:reader-anon", compute=False) is None
     rg = rp.reader_curve(runner, R, "trained:reader-anon", n_boot=200)
     assert len(rg) == len(R.perturbations) * len(R.reader_rates)
+    assert rg.attrs["n_users"] == N
     g = rg.set_index(["perturbation", "rate"])["gain over k = 0"]
     assert g[("flip_next", 1.0)] == 0.0 and g[("shuffle", 1.0)] == 1.0 and g[("flip_next", 0.0)] == 1.0
     assert "mostly from the demonstrations' answers" in rp.reader_reading(rg, R.perturbations)

@@ -67,8 +67,8 @@ def reader_configs(R, model: str, seed: int = 0) -> tuple[EvalConfig, list[tuple
 
 def reader_curve(runner, R, model: str, seed: int = 0, n_boot: int = 1000, compute: bool = True):
     """The reader's gain over k = 0 per (perturbation, rate): a DataFrame with columns perturbation, rate,
-    ``gain over k = 0``, lo, hi (paired bootstrap 95% CI); ``None`` when a run is missing
-    (``compute=False``)."""
+    ``gain over k = 0``, lo, hi (paired bootstrap 95% CI) and ``attrs["n_users"]`` (users evaluated);
+    ``None`` when a run is missing (``compute=False``)."""
     zero_cfg, cfgs = reader_configs(R, model, seed)
     zero = fetch(runner, zero_cfg, compute)
     rows = []
@@ -80,7 +80,9 @@ def reader_curve(runner, R, model: str, seed: int = 0, n_boot: int = 1000, compu
         rows.append(
             {"perturbation": name, "rate": rate, "gain over k = 0": d["diff"], "lo": d["lo"], "hi": d["hi"]}
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["n_users"] = len(zero["users"])  # the profile's size may exceed the dataset's users
+    return df
 
 
 def reader_reading(rg: pd.DataFrame, perturbations) -> str:
